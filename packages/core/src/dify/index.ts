@@ -1,0 +1,9 @@
+export * from './types.js';
+export { readSseEvents, isDifyEvent, DEFAULT_MAX_SSE_BUFFER, type SseItem } from './sse.js';
+export {
+  createDifyClient,
+  resolveDifyUrl,
+  type DifyClient,
+  type DifyClientOptions,
+  type DifyAskRequest,
+} from './client.js';
