@@ -13,7 +13,7 @@ import { uniquePrefix } from './prefix.js';
 export { uniquePrefix };
 
 /** Environment for one account pointing at the local fakes; `overrides` wins. */
-export function testEnv(opts: { difyUrl: string; wechatUrl?: string; overrides?: Record<string, string> }): Record<string, string> {
+export function testEnv(opts: { dify: { baseUrl: string; apiKey: string }; wechatUrl?: string; overrides?: Record<string, string> }): Record<string, string> {
   return {
     REDIS_URL: inject('redisUrl'),
     QUEUE_PREFIX: uniquePrefix(),
@@ -23,8 +23,8 @@ export function testEnv(opts: { difyUrl: string; wechatUrl?: string; overrides?:
     WECHAT_ENCODING_AES_KEY: AES_KEY,
     WECHAT_APP_SECRET: 'secret-for-tests',
     WECHAT_API_BASE_URL: opts.wechatUrl ?? 'http://127.0.0.1:9',
-    DIFY_API_BASE_URL: opts.difyUrl,
-    DIFY_API_KEY: 'app-test-key',
+    DIFY_API_BASE_URL: opts.dify.baseUrl,
+    DIFY_API_KEY: opts.dify.apiKey,
     DIFY_APP_TYPE: 'chat',
     ...opts.overrides,
   };

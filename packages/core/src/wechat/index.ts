@@ -22,3 +22,4 @@ export { cdata, buildTextReplyXml, buildImageReplyXml, buildEncryptedReplyXml } 
 export type { ReplyAddress } from './reply.js';
 export { verifyEcho, decodeRequest, encodeReply } from './server.js';
 export type { WeChatAccountKeys, CallbackQuery, DecodedRequest } from './server.js';
+export { WeChatSimulator, type CallbackMode, type SimulatorOptions, type AttemptResult } from './simulator.js';

@@ -1,0 +1,35 @@
+import Router from '@koa/router';
+import Koa from 'koa';
+import type { Logger } from '@wxdify/core';
+import { errorResponder, requestLogger } from './middleware/errors.js';
+import { createWeChatRouter } from './routes/wechat.js';
+import type { ReplyFlowDeps } from './reply-flow.js';
+
+export interface IngressAppDeps extends ReplyFlowDeps {
+  logger: Logger;
+  /** True while Redis answers and the process is not shutting down. */
+  isReady: () => Promise<boolean>;
+}
+
+/** The Koa app of the ingress; the middleware order is the order below. */
+export function createIngressApp(deps: IngressAppDeps): Koa {
+  const app = new Koa({ proxy: true });
+  app.silent = true;
+  app.use(requestLogger(deps.logger));
+  app.use(errorResponder());
+
+  const health = new Router();
+  health.get('/healthz', (ctx) => {
+    ctx.body = 'ok';
+  });
+  health.get('/readyz', async (ctx) => {
+    const ready = await deps.isReady();
+    ctx.status = ready ? 200 : 503;
+    ctx.body = ready ? 'ready' : 'not ready';
+  });
+  app.use(health.routes());
+  const wechat = createWeChatRouter(deps);
+  app.use(wechat.routes());
+  app.use(wechat.allowedMethods());
+  return app;
+}

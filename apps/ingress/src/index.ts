@@ -1,0 +1,1 @@
+export { startIngress, type IngressHandle } from './ingress.js';

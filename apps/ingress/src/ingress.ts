@@ -1,0 +1,76 @@
+import { once } from 'node:events';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { Queue } from 'bullmq';
+import {
+  ConversationStore,
+  DeliveryStore,
+  QUEUES,
+  UserOrder,
+  createRedis,
+  type AnswerJobData,
+  type Config,
+  type Logger,
+} from '@wxdify/core';
+import { AnswerWaiter } from './answer-waiter.js';
+import { createIngressApp } from './app.js';
+
+export interface IngressHandle {
+  server: Server;
+  url: string;
+  /** Stops accepting, answers the requests it holds, then closes Redis. */
+  close(): Promise<void>;
+}
+
+/** Starts the ingress: Redis clients, the answer queue, one shared waiter, the HTTP server. */
+export async function startIngress(config: Config, logger: Logger, opts: { port?: number; host?: string } = {}): Promise<IngressHandle> {
+  if (!config.redisUrl) throw new Error('REDIS_URL is required');
+  const redis = createRedis(config.redisUrl, { name: 'ingress' });
+  const blocking = createRedis(config.redisUrl, { blocking: true, name: 'ingress-events' });
+  const queue = new Queue<AnswerJobData>(QUEUES.answer, { connection: redis as never, prefix: config.queuePrefix });
+  queue.on('error', (err) => logger.warn({ err }, 'queue error'));
+  const store = new DeliveryStore(redis, config.queuePrefix);
+  const waiter = new AnswerWaiter({ connection: blocking, prefix: config.queuePrefix, store, logger });
+  await waiter.ready();
+
+  let shuttingDown = false;
+  const isReady = async () => !shuttingDown && redis.status === 'ready' && (await ping(redis));
+  const app = createIngressApp({
+    config,
+    logger,
+    queue,
+    store,
+    waiter,
+    conversations: new ConversationStore(redis, config.queuePrefix),
+    order: new UserOrder(redis, config.queuePrefix),
+    isReady,
+  });
+  const server = createServer({ requestTimeout: 15_000, headersTimeout: 10_000, keepAliveTimeout: 65_000 }, app.callback());
+  server.listen(opts.port ?? config.port ?? 8080, opts.host ?? config.host);
+  await once(server, 'listening');
+  const { port } = server.address() as AddressInfo;
+  const url = `http://127.0.0.1:${port}`;
+  logger.info({ port }, 'ingress listening');
+
+  return {
+    server,
+    url,
+    async close() {
+      shuttingDown = true;
+      const closed = new Promise((resolve) => server.close(resolve));
+      // Requests in flight end within WeChat's 5 s; cut whatever is left after that.
+      const cut = setTimeout(() => server.closeAllConnections(), config.wechatTimeoutMs + 1000);
+      await closed;
+      clearTimeout(cut);
+      await waiter.close();
+      await queue.close();
+      redis.disconnect();
+      blocking.disconnect();
+    },
+  };
+}
+
+async function ping(redis: { ping(): Promise<string> }): Promise<boolean> {
+  const timeout = new Promise<boolean>((resolve) => setTimeout(resolve, 500, false).unref());
+  return Promise.race([redis.ping().then(() => true, () => false), timeout]);
+}

@@ -1,0 +1,90 @@
+import Router from '@koa/router';
+import getRawBody from 'raw-body';
+import {
+  RequestRejectedError,
+  buildImageReplyXml,
+  buildTextReplyXml,
+  decodeRequest,
+  encodeReply,
+  verifyEcho,
+  type AccountConfig,
+  type InboundMessage,
+  type Logger,
+} from '@wxdify/core';
+import type { Context } from 'koa';
+import { answerAttempt, type Outcome, type ReplyFlowDeps } from '../reply-flow.js';
+
+/** WeChat bodies are a few KiB; CONTRACT.md refuses anything over 1 MiB with 413. */
+const BODY_LIMIT = 1024 * 1024;
+
+type Query = Record<string, string | undefined>;
+
+/** `GET|POST /wechat/:account` and `/wechat` (= `default`). */
+export function createWeChatRouter(deps: ReplyFlowDeps): Router {
+  const router = new Router();
+  const account = (ctx: Context): AccountConfig => {
+    const id = (ctx.params as { account?: string }).account ?? 'default';
+    const found = deps.config.accounts.get(id);
+    if (!found) throw new RequestRejectedError('unknown_account', 404, `unknown account ${id}`);
+    return found;
+  };
+
+  const verify = (ctx: Context) => {
+    ctx.type = 'text/plain';
+    ctx.body = verifyEcho(account(ctx), ctx.query as Query);
+  };
+  const receive = async (ctx: Context) => {
+    const arrivedAt = Date.now();
+    const acct = account(ctx);
+    const body = await readBody(ctx);
+    const query = ctx.query as Query;
+    const { message, encrypted } = decodeRequest(acct, query, body);
+    const log = (ctx.state.log as Logger).child({ account: acct.id, msgId: message.msgId, msgType: message.msgType });
+    const closed = new AbortController();
+    ctx.req.once('close', () => closed.abort());
+    const outcome = await answerAttempt(deps, acct, message, arrivedAt, log, closed.signal);
+    respond(ctx, acct, message, encrypted, outcome);
+    log.info({ outcome: outcome.kind, ms: Date.now() - arrivedAt }, 'answered');
+  };
+
+  router.get('/wechat', verify);
+  router.get('/wechat/:account', verify);
+  router.post('/wechat', receive);
+  router.post('/wechat/:account', receive);
+  return router;
+}
+
+async function readBody(ctx: Context): Promise<string> {
+  const length = ctx.request.length;
+  if (length !== undefined && length > BODY_LIMIT) {
+    throw new RequestRejectedError('body_too_large', 413, 'body over 1 MiB');
+  }
+  try {
+    return await getRawBody(ctx.req, { length, limit: BODY_LIMIT, encoding: 'utf8' });
+  } catch (err) {
+    const status = (err as { status?: number }).status;
+    if (status === 413) throw new RequestRejectedError('body_too_large', 413, 'body over 1 MiB', err);
+    throw new RequestRejectedError('bad_request', 400, 'unreadable body', err);
+  }
+}
+
+function respond(ctx: Context, account: AccountConfig, message: InboundMessage, encrypted: boolean, outcome: Outcome) {
+  if (outcome.kind === 'retry') {
+    // Not `success`: WeChat must come back with its next attempt (see README, "WeChat's retries").
+    ctx.status = 503;
+    ctx.body = '';
+    return;
+  }
+  ctx.type = 'text/plain';
+  if (outcome.kind === 'success') {
+    ctx.body = 'success';
+    return;
+  }
+  const to = { toUser: message.fromUserName, fromUser: message.toUserName };
+  const xml =
+    outcome.part.type === 'text'
+      ? buildTextReplyXml({ ...to, content: outcome.part.text })
+      : buildImageReplyXml({ ...to, mediaId: outcome.part.mediaId });
+  ctx.type = 'application/xml';
+  ctx.body = encodeReply(account, xml, encrypted);
+}

@@ -1,0 +1,134 @@
+import { once } from 'node:events';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { Queue, Worker } from 'bullmq';
+import Koa from 'koa';
+import {
+  ConversationStore,
+  DeliveryStore,
+  JOBS,
+  QUEUES,
+  UserOrder,
+  createDifyClient,
+  createRedis,
+  type AccountConfig,
+  type AnswerJobData,
+  type Config,
+  type DifyClient,
+  type Logger,
+  type PushJobData,
+  type SettleJobData,
+} from '@wxdify/core';
+import { dispatch, type ProcessorMap } from './processors.js';
+import { createAnswerProcessor } from './processors/answer.js';
+import { createPushProcessor, createSettleProcessor } from './processors/push.js';
+import { UserTurns } from './user-turn.js';
+import { WeChatApi } from './wechat-api.js';
+
+export interface WorkerHandle {
+  server: Server | undefined;
+  url: string | undefined;
+  /** Stops taking jobs, lets running ones finish within `graceMs`, then closes everything. */
+  close(graceMs?: number): Promise<void>;
+}
+
+/** Starts the BullMQ workers (answers, pushes) and, unless `port` is null, the health/metrics server. */
+export async function startWorker(config: Config, logger: Logger, opts: { port?: number | null; host?: string } = {}): Promise<WorkerHandle> {
+  if (!config.redisUrl) throw new Error('REDIS_URL is required');
+  const redis = createRedis(config.redisUrl, { blocking: true, name: 'worker' });
+  const connection = redis as never;
+  const prefix = config.queuePrefix;
+  const answerQueue = new Queue<AnswerJobData>(QUEUES.answer, { connection, prefix });
+  const pushQueue = new Queue<PushJobData | SettleJobData>(QUEUES.push, { connection, prefix });
+  const store = new DeliveryStore(redis, prefix);
+  const difyClients = new Map<string, DifyClient>();
+  const apis = new Map<string, WeChatApi>();
+  const difyFor = (account: AccountConfig) =>
+    memo(difyClients, account.id, () =>
+      createDifyClient({
+        baseUrl: account.difyApiBaseUrl,
+        apiKey: account.difyApiKey,
+        appType: account.difyAppType,
+        queryVariable: account.difyQueryVariable,
+        outputVariable: account.difyOutputVariable,
+        idleTimeoutMs: account.difyIdleTimeoutMs,
+        totalTimeoutMs: account.difyTotalTimeoutMs,
+        logger: logger.child({ account: account.id, component: 'dify' }),
+      }),
+    );
+  const wechatFor = (account: AccountConfig) =>
+    memo(apis, account.id, () => new WeChatApi({ account, redis, prefix, logger: logger.child({ account: account.id, component: 'wechat-api' }) }));
+
+  const pushDeps = { config, logger, store, wechatFor };
+  const push = createPushProcessor(pushDeps);
+  const processors: ProcessorMap = {
+    [QUEUES.answer]: {
+      [JOBS.answer]: createAnswerProcessor({
+        config,
+        logger,
+        store,
+        conversations: new ConversationStore(redis, prefix),
+        turns: new UserTurns(new UserOrder(redis, prefix), answerQueue),
+        pushQueue,
+        difyFor,
+      }),
+    },
+    [QUEUES.push]: { [JOBS.push]: push, [JOBS.settle]: createSettleProcessor(pushDeps, push) },
+  };
+  const workerOpts = { connection, prefix, lockDuration: 15_000, stalledInterval: 10_000, maxStalledCount: 1 };
+  const workers = [
+    new Worker(QUEUES.answer, dispatch(processors[QUEUES.answer], QUEUES.answer), { ...workerOpts, concurrency: config.workerConcurrency }),
+    new Worker(QUEUES.push, dispatch(processors[QUEUES.push], QUEUES.push), { ...workerOpts, concurrency: 50 }),
+  ];
+  for (const w of workers) {
+    w.on('error', (err) => logger.error({ err }, 'worker error'));
+    w.on('failed', (job, err) => logger.warn({ jobId: job?.id, err: err.message, attempts: job?.attemptsMade }, 'job failed'));
+  }
+  await Promise.all(workers.map((w) => w.waitUntilReady()));
+
+  let shuttingDown = false;
+  const server = opts.port === null ? undefined : await listenHealth(opts.port ?? config.port ?? 8081, opts.host ?? config.host, async () => {
+    if (shuttingDown || redis.status !== 'ready') return false;
+    return redis.ping().then(() => true, () => false);
+  });
+  const url = server ? `http://127.0.0.1:${(server.address() as AddressInfo).port}` : undefined;
+  logger.info({ url, concurrency: config.workerConcurrency }, 'worker started');
+
+  return {
+    server,
+    url,
+    async close(graceMs = 30_000) {
+      shuttingDown = true;
+      const cancel = setTimeout(() => workers.forEach((w) => w.cancelAllJobs('shutdown')), graceMs);
+      await Promise.all(workers.map((w) => w.close()));
+      clearTimeout(cancel);
+      await answerQueue.close();
+      await pushQueue.close();
+      if (server) await new Promise((resolve) => server.close(resolve));
+      redis.disconnect();
+    },
+  };
+}
+
+async function listenHealth(port: number, host: string, isReady: () => Promise<boolean>): Promise<Server> {
+  const app = new Koa();
+  app.use(async (ctx) => {
+    if (ctx.path === '/healthz') {
+      ctx.body = 'ok';
+    } else if (ctx.path === '/readyz') {
+      const ready = await isReady();
+      ctx.status = ready ? 200 : 503;
+      ctx.body = ready ? 'ready' : 'not ready';
+    }
+  });
+  const server = createServer(app.callback());
+  server.listen(port, host);
+  await once(server, 'listening');
+  return server;
+}
+
+function memo<V>(map: Map<string, V>, key: string, make: () => V): V {
+  let v = map.get(key);
+  if (v === undefined) map.set(key, (v = make()));
+  return v;
+}

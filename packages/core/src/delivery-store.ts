@@ -1,0 +1,130 @@
+import { defineScript, redisKey, type RedisClient } from './redis.js';
+import type { StoredAnswer } from './queue.js';
+
+/**
+ * Delivery state of one message, one Redis hash per answer job (`<prefix>:msg:<jobId>`):
+ *   first  – ms when the first attempt arrived      att   – attempts seen so far
+ *   ans    – the answer (JSON) once the worker has it
+ *   state  – ''      open: WeChat attempts may still take the answer passively
+ *            passive the answer went out in a passive reply (a retry may repeat it)
+ *            push    handed to customer-service pushes
+ *            wait    the follower fetches it by sending `1`
+ *            fetched the follower's `1` took it
+ *   next   – index of the first part not delivered yet
+ *   cont   – how many `1`s waited on it
+ * Every transition happens inside one Lua script, so the ingress giving up at the last
+ * attempt's deadline and the worker finishing cannot both deliver, nor both skip (DESIGN 2).
+ */
+export type DeliveryState = '' | 'passive' | 'push' | 'wait' | 'fetched';
+
+/** How a caller wants to settle: see SETTLE_LUA. */
+export type SettleMode = 'take' | 'last' | 'handoff' | 'fetch';
+
+export interface SettleResult {
+  state: DeliveryState;
+  /** Present when the caller won the answer (state passive/fetched) or it is known. */
+  answer: StoredAnswer | undefined;
+  /** True when this call made the transition (the caller is the one who delivers). */
+  won: boolean;
+}
+
+/** Keeps delivery state for 48 h: WeChat's customer-service window, and how long a `1` can fetch. */
+export const DELIVERY_TTL_S = 48 * 3600;
+
+const ATTEMPT_LUA = `
+redis.call('HSETNX', KEYS[1], 'first', ARGV[1])
+local n = redis.call('HINCRBY', KEYS[1], 'att', 1)
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return {n, redis.call('HGET', KEYS[1], 'first'), redis.call('HGET', KEYS[1], 'state') or ''}
+`;
+
+// take:    an attempt is open; take the answer if it exists.
+// last:    the last attempt's deadline; take the answer, or hand over to ARGV[2] (push|wait).
+// handoff: WeChat's window is over and nobody took it; hand over to ARGV[2].
+// fetch:   the follower sent `1`; take the answer if it exists and is not delivered yet.
+const SETTLE_LUA = `
+local st = redis.call('HGET', KEYS[1], 'state') or ''
+local ans = redis.call('HGET', KEYS[1], 'ans')
+local mode = ARGV[1]
+if st == '' then
+  if ans and (mode == 'take' or mode == 'last') then
+    redis.call('HSET', KEYS[1], 'state', 'passive', 'next', 1)
+    return {'passive', ans, 1}
+  end
+  if ans and mode == 'fetch' then
+    redis.call('HSET', KEYS[1], 'state', 'fetched', 'next', 1)
+    return {'fetched', ans, 1}
+  end
+  if mode == 'last' or mode == 'handoff' then
+    redis.call('HSET', KEYS[1], 'state', ARGV[2])
+    return {ARGV[2], ans or '', 1}
+  end
+  return {'', '', 0}
+end
+if st == 'wait' and ans and mode == 'fetch' then
+  redis.call('HSET', KEYS[1], 'state', 'fetched', 'next', 1)
+  return {'fetched', ans, 1}
+end
+return {st, ans or '', 0}
+`;
+
+const FINISH_LUA = `
+redis.call('HSET', KEYS[1], 'ans', ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return redis.call('HGET', KEYS[1], 'state') or ''
+`;
+
+/** The Redis side of exactly-once delivery, shared by the ingress and the worker. */
+export class DeliveryStore {
+  readonly #redis: RedisClient;
+  readonly #prefix: string;
+  readonly #attempt;
+  readonly #settle;
+  readonly #finish;
+
+  constructor(redis: RedisClient, prefix: string) {
+    this.#redis = redis;
+    this.#prefix = prefix;
+    this.#attempt = defineScript<[string, number, number], [number, string, string]>(redis, 'wxdAttempt', 1, ATTEMPT_LUA);
+    this.#settle = defineScript<[string, string, string], [string, string, number]>(redis, 'wxdSettle', 1, SETTLE_LUA);
+    this.#finish = defineScript<[string, string, number], string>(redis, 'wxdFinish', 1, FINISH_LUA);
+  }
+
+  /** The hash key of a message's delivery state. */
+  key(jobId: string): string {
+    return redisKey(this.#prefix, 'msg', jobId);
+  }
+
+  /** Counts a WeChat attempt; returns its number (1-based), when the first one arrived, and the state. */
+  async recordAttempt(jobId: string, now = Date.now()): Promise<{ attempt: number; firstAt: number; state: DeliveryState }> {
+    const [attempt, first, state] = await this.#attempt(this.key(jobId), now, DELIVERY_TTL_S);
+    return { attempt: Number(attempt), firstAt: Number(first), state: state as DeliveryState };
+  }
+
+  /** One atomic step of the state machine above. */
+  async settle(jobId: string, mode: SettleMode, handoffTo: 'push' | 'wait' | '' = ''): Promise<SettleResult> {
+    const [state, ans, won] = await this.#settle(this.key(jobId), mode, handoffTo);
+    return { state: state as DeliveryState, answer: ans ? (JSON.parse(ans) as StoredAnswer) : undefined, won: won === 1 };
+  }
+
+  /** Stores the worker's answer; returns the state it found (`push`: the worker must push it now). */
+  async saveAnswer(jobId: string, answer: StoredAnswer): Promise<DeliveryState> {
+    return (await this.#finish(this.key(jobId), JSON.stringify(answer), DELIVERY_TTL_S)) as DeliveryState;
+  }
+
+  /** Reads the answer and the index of the first undelivered part, without changing anything. */
+  async peek(jobId: string): Promise<{ state: DeliveryState; answer: StoredAnswer | undefined; next: number; firstAt: number }> {
+    const [state, ans, next, first] = await this.#redis.hmget(this.key(jobId), 'state', 'ans', 'next', 'first');
+    return {
+      state: (state ?? '') as DeliveryState,
+      answer: ans ? (JSON.parse(ans) as StoredAnswer) : undefined,
+      next: Number(next ?? 0),
+      firstAt: Number(first ?? 0),
+    };
+  }
+
+  /** Marks parts before `next` delivered (pushes move it forward one part at a time). */
+  async markDelivered(jobId: string, next: number): Promise<void> {
+    await this.#redis.hset(this.key(jobId), 'next', next);
+  }
+}

@@ -1,0 +1,91 @@
+import type { JobsOptions } from 'bullmq';
+import type { InboundMessage } from './wechat/index.js';
+
+/**
+ * Queue names. They are stored in Redis (keys `<prefix>:<name>:*`) and read by the dashboard
+ * and by autoscalers (KEDA lists `<prefix>:answer:wait`): never rename one casually.
+ */
+export const QUEUES = {
+  /** One job per follower message: ask Dify, store the answer, hand it over for delivery. */
+  answer: 'answer',
+  /** Customer-service pushes of late answers and of the parts after the first. */
+  push: 'push',
+} as const;
+export type QueueName = (typeof QUEUES)[keyof typeof QUEUES];
+
+/** Job names inside the queues, each declared once with its payload below. */
+export const JOBS = {
+  answer: 'answer',
+  /** Runs when WeChat's last attempt must be over: delivers an answer no attempt took. */
+  settle: 'settle',
+  push: 'push',
+} as const;
+
+/** Payload of an `answer` job: everything the worker needs, no secrets (job data is stored in clear). */
+export interface AnswerJobData {
+  account: string;
+  message: InboundMessage;
+  /** When the first attempt reached an ingress (ms since epoch). */
+  receivedAt: number;
+}
+
+/** Payload of a `settle` job (queue `push`). */
+export interface SettleJobData {
+  account: string;
+  answerJobId: string;
+  openId: string;
+}
+
+/** Payload of a `push` job: send the parts of an answer from `fromPart` on, in order. */
+export interface PushJobData {
+  account: string;
+  answerJobId: string;
+  openId: string;
+}
+
+/** What the follower receives: text parts (each within WeChat's 2048 bytes) and images (temporary media ids). */
+export type AnswerPart = { type: 'text'; text: string } | { type: 'image'; mediaId: string };
+
+/** The answer of one message as stored in Redis until it is delivered. */
+export interface StoredAnswer {
+  parts: AnswerPart[];
+  /** Ms since epoch when the worker had it. */
+  readyAt: number;
+  /** True when the answer is our own error text rather than Dify's. */
+  failed?: boolean;
+}
+
+/** Result stored by BullMQ for a completed `answer` job (small: it travels in every QueueEvents entry). */
+export interface AnswerJobResult {
+  parts: number;
+  state: string;
+}
+
+/** Finished jobs are kept long enough for every WeChat retry (15 s) and a later `1` to find them by id. */
+export const ANSWER_JOB_OPTIONS: JobsOptions = {
+  attempts: 3,
+  backoff: { type: 'exponential', delay: 1000 },
+  removeOnComplete: { age: 3600, count: 10_000 },
+  removeOnFail: { age: 86_400 },
+};
+
+export const PUSH_JOB_OPTIONS: JobsOptions = {
+  attempts: 5,
+  backoff: { type: 'exponential', delay: 1000 },
+  removeOnComplete: { age: 3600, count: 10_000 },
+  removeOnFail: { age: 86_400 },
+};
+
+/**
+ * The idempotency key of a message, used as its BullMQ job id, so a retry on any replica attaches
+ * to the same job. Messages: account + FromUserName + MsgId (a bare MsgId has collided across users);
+ * events: account + FromUserName + CreateTime + Event + EventKey. BullMQ forbids `:` in custom ids
+ * and integer-looking ids, hence the separators and the `m`/`e` prefix.
+ */
+export function messageJobId(account: string, message: InboundMessage): string {
+  if (message.kind === 'event') {
+    const key = encodeURIComponent(message.eventKey ?? '');
+    return `e~${account}~${message.fromUserName}~${message.createTime}~${encodeURIComponent(message.event)}~${key}`;
+  }
+  return `m~${account}~${message.fromUserName}~${message.msgId ?? message.createTime}`;
+}

@@ -1,0 +1,139 @@
+import { Redis } from 'ioredis';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { sha1Signature } from '../packages/core/src/index.js';
+import { startFakeDify, type FakeDify } from './fakes/fake-dify.js';
+import { startStack, testEnv, TOKEN, type Stack } from './helpers/stack.js';
+
+let msgSeq = 7_000_000_000_000_000_000n;
+const nextMsgId = () => String(msgSeq++);
+
+describe('a follower message through ingress, queue, worker and Dify', () => {
+  let dify: FakeDify;
+  let stack: Stack;
+  let redis: Redis;
+
+  beforeAll(async () => {
+    dify = await startFakeDify({ mode: 'chat', answer: (q) => `Echo: ${q}` });
+    stack = await startStack(testEnv({ dify }));
+    redis = new Redis(inject('redisUrl'));
+  });
+  afterAll(async () => {
+    await stack.close();
+    await dify.close();
+    await redis.quit();
+  });
+
+  it.each(['plain', 'compatible', 'safe'] as const)('answers a text message passively on the first attempt in %s mode', async (mode) => {
+    const sim = stack.simulator(mode);
+    const openId = `o_user_${mode}`;
+    const result = await sim.attempt(sim.messageXml(openId, { MsgType: 'text', Content: `hello ${mode}`, MsgId: nextMsgId() }));
+    expect(result.status).toBe(200);
+    // The simulator opened (and, when encrypted, verified and decrypted) the reply.
+    expect(result.reply).toMatchObject({ ToUserName: openId, FromUserName: 'gh_simulator', MsgType: 'text', Content: `Echo: hello ${mode}` });
+    if (mode === 'plain') expect(result.body).toContain('<Content><![CDATA[Echo: hello plain]]></Content>');
+    else expect(result.body).toMatch(/^<xml><Encrypt>.*<MsgSignature>.*<TimeStamp>.*<Nonce>/s);
+    expect(result.ms).toBeLessThan(2000);
+  });
+
+  it('sends Dify the OpenID as user and the seed plugin\'s inputs, and reuses the conversation', async () => {
+    const sim = stack.simulator('safe');
+    const openId = 'o_conversation_user';
+    const first = nextMsgId();
+    await sim.attempt(sim.messageXml(openId, { MsgType: 'text', Content: 'first', MsgId: first }, 1_700_000_000));
+    await sim.attempt(sim.messageXml(openId, { MsgType: 'text', Content: 'second', MsgId: nextMsgId() }));
+    const runs = dify.runRequests().filter((r) => (r.body as { user: string }).user === openId);
+    expect(runs).toHaveLength(2);
+    const [a, b] = runs.map((r) => r.body as { query: string; inputs: Record<string, string>; conversation_id?: string; response_mode: string });
+    expect(a).toMatchObject({ query: 'first', response_mode: 'streaming' });
+    expect(a!.inputs).toEqual({ msgId: first, msgType: 'text', fromUser: openId, createTime: '1700000000' });
+    expect(a!.conversation_id ?? '').toBe('');
+    const [conversationId] = dify.conversationIds(openId);
+    expect(b!.conversation_id).toBe(conversationId);
+    // Kept in Redis under QUEUE_PREFIX, so it survives restarts of every process.
+    const stored = await redis.hget(`${stack.config.queuePrefix}:conv:default:${openId}`, 'id');
+    expect(stored).toBe(conversationId);
+  });
+
+  it('sends other message types to Dify as useful text with their fields in inputs', async () => {
+    const sim = stack.simulator('plain');
+    const openId = 'o_types_user';
+    const location = await sim.attempt(
+      sim.messageXml(openId, { MsgType: 'location', Location_X: '23.134521', Location_Y: '113.358803', Scale: '20', Label: 'Canton Tower', MsgId: nextMsgId() }),
+    );
+    expect(location.reply?.Content).toContain('Canton Tower');
+    const link = await sim.attempt(
+      sim.messageXml(openId, { MsgType: 'link', Title: 'Dify docs', Description: 'API', Url: 'https://docs.dify.ai', MsgId: nextMsgId() }),
+    );
+    expect(link.reply?.Content).toContain('https://docs.dify.ai');
+    const image = await sim.attempt(
+      sim.messageXml(openId, { MsgType: 'image', PicUrl: 'http://mmbiz.example/pic.jpg', MediaId: 'media1', MsgId: nextMsgId() }),
+    );
+    expect(image.reply?.Content).toContain('http://mmbiz.example/pic.jpg');
+    const inputs = dify.runRequests().filter((r) => (r.body as { user: string }).user === openId).map((r) => (r.body as { inputs: Record<string, string> }).inputs);
+    expect(inputs[0]).toMatchObject({ msgType: 'location', label: 'Canton Tower', locationX: '23.134521' });
+    expect(inputs[1]).toMatchObject({ msgType: 'link', title: 'Dify docs', url: 'https://docs.dify.ai' });
+    expect(inputs[2]).toMatchObject({ msgType: 'image', picUrl: 'http://mmbiz.example/pic.jpg' });
+  });
+
+  it('answers subscribe through Dify and acknowledges unsubscribe and VIEW without it', async () => {
+    const sim = stack.simulator('plain');
+    const openId = 'o_events_user';
+    const before = dify.runRequests().length;
+    const sub = await sim.attempt(sim.messageXml(openId, { MsgType: 'event', Event: 'subscribe' }));
+    expect(sub.reply?.Content).toMatch(/^Echo: /);
+    const unsub = await sim.attempt(sim.messageXml(openId, { MsgType: 'event', Event: 'unsubscribe' }));
+    const view = await sim.attempt(sim.messageXml(openId, { MsgType: 'event', Event: 'VIEW', EventKey: 'https://example.com' }));
+    expect([unsub.body, view.body]).toEqual(['success', 'success']);
+    expect(dify.runRequests().length - before).toBe(1);
+  });
+
+  it('attaches a retry of the same message to the existing job: one Dify call', async () => {
+    const sim = stack.simulator('plain');
+    const xml = sim.messageXml('o_retry_user', { MsgType: 'text', Content: 'only once', MsgId: nextMsgId() });
+    const [a, b] = await Promise.all([sim.attempt(xml), sim.attempt(xml)]);
+    expect(a.reply?.Content).toBe('Echo: only once');
+    expect(b.reply?.Content).toBe('Echo: only once');
+    expect(dify.runRequests().filter((r) => (r.body as { query: string }).query === 'only once')).toHaveLength(1);
+  });
+
+  it('answers the GET verification with echostr, and 403 with a wrong signature', async () => {
+    const ts = '1700000000';
+    const nonce = '12345';
+    const good = await fetch(`${stack.ingress.url}/wechat?signature=${sha1Signature(TOKEN, ts, nonce)}&timestamp=${ts}&nonce=${nonce}&echostr=4242`);
+    expect([good.status, await good.text()]).toEqual([200, '4242']);
+    const bad = await fetch(`${stack.ingress.url}/wechat/default?signature=deadbeef&timestamp=${ts}&nonce=${nonce}&echostr=4242`);
+    expect(bad.status).toBe(403);
+  });
+
+  it('refuses bad input with the contract\'s status codes, never reaching Dify', async () => {
+    const sim = stack.simulator('plain');
+    const before = dify.runRequests().length;
+    const post = (url: string, body: string) => fetch(url, { method: 'POST', body, headers: { 'content-type': 'text/xml' } }).then((r) => r.status);
+    const valid = sim.buildRequest(sim.messageXml('o_bad', { MsgType: 'text', Content: 'x', MsgId: nextMsgId() }));
+
+    expect(await post(valid.url.replace(/signature=[0-9a-f]+/, 'signature=0000'), valid.body)).toBe(403);
+    expect(await post(valid.url.replace('/wechat?', '/wechat/nope?'), valid.body)).toBe(404);
+    const garbage = sim.buildRequest('<xml><ToUserName>');
+    expect(await post(garbage.url, garbage.body)).toBe(400);
+    const missing = sim.buildRequest('<xml><MsgType>text</MsgType></xml>');
+    expect(await post(missing.url, missing.body)).toBe(400);
+    const doctype = sim.buildRequest('<!DOCTYPE xml [<!ENTITY a "b">]><xml><ToUserName>&a;</ToUserName></xml>');
+    expect(await post(doctype.url, doctype.body)).toBe(400);
+    const huge = sim.buildRequest(`<xml><Content>${'x'.repeat(1024 * 1024 + 10)}</Content></xml>`);
+    expect(await post(huge.url, huge.body)).toBe(413);
+    const safe = stack.simulator('safe').buildRequest(sim.messageXml('o_bad', { MsgType: 'text', Content: 'x', MsgId: nextMsgId() }));
+    expect(await post(safe.url.replace(/msg_signature=[0-9a-f]+/, 'msg_signature=00'), safe.body)).toBe(403);
+    // A correctly signed envelope that does not decrypt (wrong key) is a 400.
+    const garbled = 'A'.repeat(88);
+    const ts = new URL(safe.url).searchParams.get('timestamp')!;
+    const nonce = new URL(safe.url).searchParams.get('nonce')!;
+    const garbledUrl = safe.url.replace(/msg_signature=[0-9a-f]+/, `msg_signature=${sha1Signature(TOKEN, ts, nonce, garbled)}`);
+    expect(await post(garbledUrl, `<xml><ToUserName>gh</ToUserName><Encrypt>${garbled}</Encrypt></xml>`)).toBe(400);
+    expect(dify.runRequests().length).toBe(before);
+  });
+
+  it('serves /healthz and /readyz', async () => {
+    expect((await fetch(`${stack.ingress.url}/healthz`)).status).toBe(200);
+    expect((await fetch(`${stack.ingress.url}/readyz`)).status).toBe(200);
+  });
+});
