@@ -59,7 +59,7 @@ for (const signal of ['SIGINT', 'SIGTERM']) process.on(signal, () => stop(0));
 
 function start(name, file, extra) {
   const child = spawn(process.execPath, [join(root, file)], { env: { ...env, ...extra }, stdio: ['ignore', 'pipe', 'inherit'] });
-  child.stdout.pipe(pretty({ colorize: process.stdout.isTTY, translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname' }));
+  child.stdout.pipe(pretty({ colorize: process.stdout.isTTY, translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname', singleLine: true }));
   watch(name, child);
 }
 

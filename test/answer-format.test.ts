@@ -85,6 +85,10 @@ describe('markdownToWeChat', () => {
     });
   });
 
+  it('closes the gap an image leaves, and drops lines left empty', () => {
+    expect(plain('![a](https://e.x/a.png) caption\n\n- ![b](https://e.x/b.png)\n- item')).toBe('caption\n\n- item');
+  });
+
   it('leaves relative image URLs as they are without an origin', () => {
     expect(markdownToWeChat('![a](/files/x.png)').images).toEqual(['/files/x.png']);
   });

@@ -66,7 +66,7 @@ interface RenderContext {
 function renderBlocks(tokens: readonly Token[], context: RenderContext, separator: string): string {
   return tokens
     .map((token) => renderBlock(token as Tokens.Generic, context))
-    .filter((block) => block.trim() !== '')
+    .filter((block) => block.replaceAll(IMAGE_HOLE, '').trim() !== '')
     .join(separator);
 }
 
