@@ -41,9 +41,11 @@ export class AnswerWaiter {
 
   /**
    * Takes the answer of `jobId` as soon as it exists, or returns the last state seen at `deadline`
-   * (ms since epoch). Never waits past the deadline; `signal` ends the wait early.
+   * (ms since epoch). Never waits past the deadline; `signal` ends the wait early. `take` is a
+   * WeChat attempt (done once the state leaves "open"); `fetch` is the follower's `1` (done once
+   * the answer left "wait").
    */
-  async take(jobId: string, deadline: number, signal?: AbortSignal): Promise<SettleResult> {
+  async take(jobId: string, deadline: number, signal?: AbortSignal, mode: 'take' | 'fetch' = 'take'): Promise<SettleResult> {
     let woken = false;
     let wakeUp: (() => void) | undefined;
     const waker = () => {
@@ -56,8 +58,8 @@ export class AnswerWaiter {
     try {
       for (;;) {
         woken = false;
-        const result = await this.#store.settle(jobId, 'take');
-        if (result.state !== '') return result;
+        const result = await this.#store.settle(jobId, mode);
+        if (result.state !== '' && (mode === 'take' || result.state !== 'wait')) return result;
         const remaining = deadline - Date.now();
         if (remaining <= 0 || signal?.aborted) return result;
         if (woken) continue;

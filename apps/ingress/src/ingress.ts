@@ -9,6 +9,7 @@ import {
   UserOrder,
   createRedis,
   type AnswerJobData,
+  type PushJobData,
   type Config,
   type Logger,
 } from '@wxdify/core';
@@ -28,7 +29,8 @@ export async function startIngress(config: Config, logger: Logger, opts: { port?
   const redis = createRedis(config.redisUrl, { name: 'ingress' });
   const blocking = createRedis(config.redisUrl, { blocking: true, name: 'ingress-events' });
   const queue = new Queue<AnswerJobData>(QUEUES.answer, { connection: redis as never, prefix: config.queuePrefix });
-  queue.on('error', (err) => logger.warn({ err }, 'queue error'));
+  const pushQueue = new Queue<PushJobData>(QUEUES.push, { connection: redis as never, prefix: config.queuePrefix });
+  for (const q of [queue, pushQueue]) q.on('error', (err) => logger.warn({ err }, 'queue error'));
   const store = new DeliveryStore(redis, config.queuePrefix);
   const waiter = new AnswerWaiter({ connection: blocking, prefix: config.queuePrefix, store, logger });
   await waiter.ready();
@@ -39,6 +41,7 @@ export async function startIngress(config: Config, logger: Logger, opts: { port?
     config,
     logger,
     queue,
+    pushQueue,
     store,
     waiter,
     conversations: new ConversationStore(redis, config.queuePrefix),
@@ -64,6 +67,7 @@ export async function startIngress(config: Config, logger: Logger, opts: { port?
       clearTimeout(cut);
       await waiter.close();
       await queue.close();
+      await pushQueue.close();
       redis.disconnect();
       blocking.disconnect();
     },

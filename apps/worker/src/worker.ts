@@ -17,11 +17,11 @@ import {
   type DifyClient,
   type Logger,
   type PushJobData,
-  type SettleJobData,
 } from '@wxdify/core';
 import { dispatch, type ProcessorMap } from './processors.js';
 import { createAnswerProcessor } from './processors/answer.js';
 import { createPushProcessor, createSettleProcessor } from './processors/push.js';
+import { FollowerLock } from './follower-lock.js';
 import { UserTurns } from './user-turn.js';
 import { WeChatApi } from './wechat-api.js';
 
@@ -39,7 +39,7 @@ export async function startWorker(config: Config, logger: Logger, opts: { port?:
   const connection = redis as never;
   const prefix = config.queuePrefix;
   const answerQueue = new Queue<AnswerJobData>(QUEUES.answer, { connection, prefix });
-  const pushQueue = new Queue<PushJobData | SettleJobData>(QUEUES.push, { connection, prefix });
+  const pushQueue = new Queue<PushJobData>(QUEUES.push, { connection, prefix });
   const store = new DeliveryStore(redis, prefix);
   const difyClients = new Map<string, DifyClient>();
   const apis = new Map<string, WeChatApi>();
@@ -59,8 +59,7 @@ export async function startWorker(config: Config, logger: Logger, opts: { port?:
   const wechatFor = (account: AccountConfig) =>
     memo(apis, account.id, () => new WeChatApi({ account, redis, prefix, logger: logger.child({ account: account.id, component: 'wechat-api' }) }));
 
-  const pushDeps = { config, logger, store, wechatFor };
-  const push = createPushProcessor(pushDeps);
+  const pushDeps = { config, logger, store, wechatFor, pushQueue, lock: new FollowerLock(redis, prefix) };
   const processors: ProcessorMap = {
     [QUEUES.answer]: {
       [JOBS.answer]: createAnswerProcessor({
@@ -71,9 +70,10 @@ export async function startWorker(config: Config, logger: Logger, opts: { port?:
         turns: new UserTurns(new UserOrder(redis, prefix), answerQueue),
         pushQueue,
         difyFor,
+        wechatFor,
       }),
     },
-    [QUEUES.push]: { [JOBS.push]: push, [JOBS.settle]: createSettleProcessor(pushDeps, push) },
+    [QUEUES.push]: { [JOBS.push]: createPushProcessor(pushDeps), [JOBS.settle]: createSettleProcessor(pushDeps) },
   };
   const workerOpts = { connection, prefix, lockDuration: 15_000, stalledInterval: 10_000, maxStalledCount: 1 };
   const workers = [

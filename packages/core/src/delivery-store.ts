@@ -1,5 +1,5 @@
 import { defineScript, redisKey, type RedisClient } from './redis.js';
-import type { StoredAnswer } from './queue.js';
+import type { AnswerPart, StoredAnswer } from './queue.js';
 
 /**
  * Delivery state of one message, one Redis hash per answer job (`<prefix>:msg:<jobId>`):
@@ -27,6 +27,9 @@ export interface SettleResult {
   /** True when this call made the transition (the caller is the one who delivers). */
   won: boolean;
 }
+
+/** WeChat allows 5 customer-service messages per follower message (errcode 45047 past that). */
+export const PUSHES_PER_MESSAGE = 5;
 
 /** Keeps delivery state for 48 h: WeChat's customer-service window, and how long a `1` can fetch. */
 export const DELIVERY_TTL_S = 48 * 3600;
@@ -68,6 +71,17 @@ end
 return {st, ans or '', 0}
 `;
 
+// Hands out the next undelivered part of an answer (for the follower's `1`), moving `next` on.
+const TAKE_PART_LUA = `
+local ans = redis.call('HGET', KEYS[1], 'ans')
+if not ans then return {-1, '', 0} end
+local parts = cjson.decode(ans)['parts']
+local n = tonumber(redis.call('HGET', KEYS[1], 'next') or '0')
+if n >= #parts then return {-1, '', 0} end
+redis.call('HSET', KEYS[1], 'next', n + 1)
+return {n, cjson.encode(parts[n + 1]), #parts - n - 1}
+`;
+
 const FINISH_LUA = `
 redis.call('HSET', KEYS[1], 'ans', ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[2])
@@ -81,6 +95,7 @@ export class DeliveryStore {
   readonly #attempt;
   readonly #settle;
   readonly #finish;
+  readonly #takePart;
 
   constructor(redis: RedisClient, prefix: string) {
     this.#redis = redis;
@@ -88,6 +103,7 @@ export class DeliveryStore {
     this.#attempt = defineScript<[string, number, number], [number, string, string]>(redis, 'wxdAttempt', 1, ATTEMPT_LUA);
     this.#settle = defineScript<[string, string, string], [string, string, number]>(redis, 'wxdSettle', 1, SETTLE_LUA);
     this.#finish = defineScript<[string, string, number], string>(redis, 'wxdFinish', 1, FINISH_LUA);
+    this.#takePart = defineScript<[string], [number, string, number]>(redis, 'wxdTakePart', 1, TAKE_PART_LUA);
   }
 
   /** The hash key of a message's delivery state. */
@@ -126,5 +142,63 @@ export class DeliveryStore {
   /** Marks parts before `next` delivered (pushes move it forward one part at a time). */
   async markDelivered(jobId: string, next: number): Promise<void> {
     await this.#redis.hset(this.key(jobId), 'next', next);
+  }
+
+  /** Takes the next undelivered part, if any: its index, the part, and how many remain after it. */
+  async takeNextPart(jobId: string): Promise<{ index: number; part: AnswerPart; remaining: number } | undefined> {
+    const [index, part, remaining] = await this.#takePart(this.key(jobId));
+    if (index < 0) return undefined;
+    return { index, part: JSON.parse(part) as AnswerPart, remaining };
+  }
+
+  /** Counts one `1` that waited on this answer; returns how many so far. */
+  async countContinue(jobId: string): Promise<number> {
+    return this.#redis.hincrby(this.key(jobId), 'cont', 1);
+  }
+
+  #followerKey(kind: string, account: string, openId: string): string {
+    return redisKey(this.#prefix, kind, account, openId);
+  }
+
+  /** Remembers the answer a follower's `1` should fetch (pending, or with parts still to deliver). */
+  async setPending(account: string, openId: string, jobId: string): Promise<void> {
+    await this.#redis.set(this.#followerKey('pend', account, openId), jobId, 'EX', DELIVERY_TTL_S);
+  }
+
+  /** The answer a `1` from this follower fetches, if any. */
+  async getPending(account: string, openId: string): Promise<string | undefined> {
+    return (await this.#redis.get(this.#followerKey('pend', account, openId))) ?? undefined;
+  }
+
+  /** Forgets the pending answer once everything of it went out (only if it is still `jobId`). */
+  async clearPending(account: string, openId: string, jobId: string): Promise<void> {
+    const key = this.#followerKey('pend', account, openId);
+    if ((await this.#redis.get(key)) === jobId) await this.#redis.del(key);
+  }
+
+  /** A new follower message opens a fresh allowance of customer-service pushes for 48 h. */
+  async resetPushQuota(account: string, openId: string): Promise<void> {
+    await this.#redis.set(this.#followerKey('quota', account, openId), PUSHES_PER_MESSAGE, 'EX', DELIVERY_TTL_S);
+  }
+
+  /** Uses one push of the allowance; false when none is left (WeChat would answer 45047). */
+  async usePushQuota(account: string, openId: string): Promise<{ ok: boolean; left: number }> {
+    const left = await this.#redis.decr(this.#followerKey('quota', account, openId));
+    return { ok: left >= 0, left: Math.max(0, left) };
+  }
+
+  /** Gives back a push that WeChat refused, or marks the allowance spent when WeChat says 45047. */
+  async setPushQuota(account: string, openId: string, left: number): Promise<void> {
+    await this.#redis.set(this.#followerKey('quota', account, openId), left, 'KEEPTTL');
+  }
+
+  /** Remembers that WeChat refused customer-service messages for this account (48001): use waiting mode. */
+  async blockCustomService(account: string): Promise<boolean> {
+    return (await this.#redis.set(redisKey(this.#prefix, 'no-cs', account), Date.now(), 'EX', 86_400, 'NX')) === 'OK';
+  }
+
+  /** True while the account is known to lack the customer-service permission. */
+  async customServiceBlocked(account: string): Promise<boolean> {
+    return (await this.#redis.exists(redisKey(this.#prefix, 'no-cs', account))) === 1;
   }
 }

@@ -29,19 +29,21 @@ export interface AnswerJobData {
   receivedAt: number;
 }
 
-/** Payload of a `settle` job (queue `push`). */
-export interface SettleJobData {
-  account: string;
-  answerJobId: string;
-  openId: string;
-}
-
-/** Payload of a `push` job: send the parts of an answer from `fromPart` on, in order. */
+/** Payload of a `push` job: send the undelivered parts of an answer, in order. */
 export interface PushJobData {
   account: string;
   answerJobId: string;
   openId: string;
 }
+
+/** Payload of a `settle` job (queue `push`): the same reference to an answer. */
+export type SettleJobData = PushJobData;
+
+/**
+ * Bytes per text part: WeChat's 2048 less room for the "reply 1 for more" notice that a part may
+ * carry when the rest has to wait (the notice is at most ~150 bytes in every language).
+ */
+export const ANSWER_PART_MAX_BYTES = 2048 - 192;
 
 /** What the follower receives: text parts (each within WeChat's 2048 bytes) and images (temporary media ids). */
 export type AnswerPart = { type: 'text'; text: string } | { type: 'image'; mediaId: string };

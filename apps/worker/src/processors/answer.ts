@@ -13,13 +13,17 @@ import {
 } from '@wxdify/core';
 import { askDify, type AskDifyDeps } from '../ask-dify.js';
 import type { UserTurns } from '../user-turn.js';
+import { enqueuePush } from './push.js';
+import { startTyping } from '../typing.js';
+import type { WeChatApi } from '../wechat-api.js';
 
 export interface AnswerProcessorDeps extends AskDifyDeps {
   config: Config;
   logger: Logger;
   store: DeliveryStore;
   turns: UserTurns;
-  pushQueue: Queue<PushJobData | SettleJobData>;
+  pushQueue: Queue<PushJobData>;
+  wechatFor: (account: AccountConfig) => WeChatApi;
 }
 
 /** WeChat's third attempt arrives about 10 s after the first and may wait most of 5 s more. */
@@ -39,12 +43,14 @@ export function createAnswerProcessor(deps: AnswerProcessorDeps) {
     const log = deps.logger.child({ jobId: job.id, account: account.id, msgId: job.data.message.msgId });
     await deps.turns.acquire(job, token);
 
-    const parts = await askDify(deps, account, job, log, signal);
+    // In customer-service mode the follower sees "typing…" while Dify works.
+    const typing = account.enableCustomMessage ? startTyping(deps.wechatFor(account), job.data.message.fromUserName, log) : undefined;
+    const parts = await askDify(deps, account, job, log, signal).finally(() => typing?.stop());
     const state = await store.saveAnswer(job.id!, { parts, readyAt: Date.now() });
     await deps.turns.release(job);
     const handover = { account: account.id, answerJobId: job.id!, openId: job.data.message.fromUserName };
     if (state === 'push') {
-      await deps.pushQueue.add(JOBS.push, handover, { ...PUSH_JOB_OPTIONS, jobId: `push~${job.id}` });
+      await enqueuePush(deps.pushQueue, handover, 0);
     } else if (state === '') {
       // No attempt took it yet: make sure someone does once WeChat's last attempt must be over.
       const { firstAt } = await store.peek(job.id!);

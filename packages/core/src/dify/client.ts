@@ -66,6 +66,21 @@ export interface DifyClient {
   acceptsImages(): Promise<boolean>;
   /** Asks a question and reads the streamed answer to its end. */
   ask(req: DifyAskRequest): Promise<DifyAnswer>;
+  /**
+   * `POST /audio-to-text`: the transcript of one audio file, for the same `user` as the chat.
+   * Dify checks the part's content type: MP3 must go as `audio/mp3` (it refuses `audio/mpeg`).
+   * A 400 means speech-to-text is off or has no model; 413/415 a file it will not take.
+   */
+  audioToText(audio: Uint8Array, user: string, opts?: AudioToTextOptions): Promise<string>;
+}
+
+/** Options of {@link DifyClient.audioToText}. */
+export interface AudioToTextOptions {
+  /** Default `audio/mp3`. */
+  contentType?: string;
+  /** Default `voice.mp3`. */
+  filename?: string;
+  signal?: AbortSignal;
 }
 
 const DEFAULT_RETRY = { attempts: 2, baseDelayMs: 500 };
@@ -73,6 +88,8 @@ const DEFAULT_RETRY = { attempts: 2, baseDelayMs: 500 };
 const TERMINAL_GRACE_MS = 2_000;
 const ERROR_BODY_LIMIT = 64 * 1024;
 const STOP_TIMEOUT_MS = 5_000;
+/** Speech-to-text of a WeChat voice (at most 60 s) takes seconds; the total deadline still caps it. */
+const AUDIO_TO_TEXT_TIMEOUT_MS = 60_000;
 
 /** Endpoints per mode: run and stop (https://docs.dify.ai/en/api-reference). */
 const ROUTES = {
@@ -159,8 +176,39 @@ export function createDifyClient(opts: DifyClientOptions): DifyClient {
         return done(await askWithRetry(ctx, undefined), true);
       }
     },
+    audioToText(audio, user, o = {}) {
+      return postAudioToText(base, opts, audio, user, o);
+    },
   };
   return client;
+}
+
+/** https://docs.dify.ai/en/api-reference (audio-to-text): multipart `file` and `user`, answers `{ text }`. */
+async function postAudioToText(base: string, opts: DifyClientOptions, audio: Uint8Array, user: string, o: AudioToTextOptions): Promise<string> {
+  const path = '/audio-to-text';
+  const form = new FormData();
+  form.set('file', new Blob([new Uint8Array(audio)], { type: o.contentType ?? 'audio/mp3' }), o.filename ?? 'voice.mp3');
+  form.set('user', user);
+  let res: Response<string>;
+  try {
+    res = await got.post(`${base}${path}`, {
+      body: form,
+      headers: authHeader(opts),
+      throwHttpErrors: false,
+      retry: { limit: 0 },
+      timeout: { request: Math.min(AUDIO_TO_TEXT_TIMEOUT_MS, opts.totalTimeoutMs) },
+      ...(o.signal ? { signal: o.signal } : {}),
+    });
+  } catch (err) {
+    throw new AppError('dify_http', `dify POST ${path} failed: ${errorCode(err)}`, { retryable: true, cause: err });
+  }
+  if (res.statusCode !== 200) throw httpError(res.statusCode, parseErrorBody(res.body), path, undefined);
+  let text: unknown;
+  try {
+    text = (JSON.parse(res.body) as { text?: unknown } | null)?.text;
+  } catch { /* not JSON: refused below */ }
+  if (typeof text !== 'string') throw new AppError('dify_http', `dify POST ${path} answered without a text`, { status: res.statusCode });
+  return text;
 }
 
 /** Resolves a file URL Dify gave (relative when `FILES_URL` is unset) against the Dify origin. */

@@ -6,4 +6,5 @@ export {
   type DifyClient,
   type DifyClientOptions,
   type DifyAskRequest,
+  type AudioToTextOptions,
 } from './client.js';

@@ -30,6 +30,10 @@ export interface Messages {
   locationNote: string;
   /** Sent to Dify for a shared link: `{title}`, `{description}`, `{url}`. */
   linkNote: string;
+  /** Label of the link to an answer image that could not be sent as an image message. */
+  imageLink: string;
+  /** Label of the link to a file of the answer that has no name. */
+  fileLink: string;
   /** Subscribe greeting when none is configured. */
   welcome: string;
   /** Reply while the follower's previous message is still being answered. */
@@ -65,6 +69,8 @@ export const MESSAGES = {
     imageNote: '（用户发送了一张图片：{url}）',
     locationNote: '（用户分享了位置：{label}，纬度 {x}，经度 {y}）',
     linkNote: '（用户分享了链接：{title}\n{description}\n{url}）',
+    imageLink: '查看图片',
+    fileLink: '查看文件',
     welcome: '感谢关注！有什么问题，直接发消息给我吧。',
     busy: '上一条消息还在回答中，请稍候。',
   },
@@ -83,6 +89,8 @@ export const MESSAGES = {
     imageNote: '(The user sent an image: {url})',
     locationNote: '(The user shared a location: {label}, latitude {x}, longitude {y})',
     linkNote: '(The user shared a link: {title}\n{description}\n{url})',
+    imageLink: 'View image',
+    fileLink: 'View file',
     welcome: 'Thanks for following! Send me a message any time.',
     busy: 'Your previous message is still being answered. Please wait a moment.',
   },
@@ -101,6 +109,8 @@ export const MESSAGES = {
     imageNote: '（ユーザーが画像を送信しました：{url}）',
     locationNote: '（ユーザーが位置情報を共有しました：{label}、緯度 {x}、経度 {y}）',
     linkNote: '（ユーザーがリンクを共有しました：{title}\n{description}\n{url}）',
+    imageLink: '画像を見る',
+    fileLink: 'ファイルを見る',
     welcome: 'フォローありがとうございます！お気軽にメッセージをお送りください。',
     busy: '前のメッセージにまだ回答中です。少々お待ちください。',
   },
@@ -119,6 +129,8 @@ export const MESSAGES = {
     imageNote: '(O usuário enviou uma imagem: {url})',
     locationNote: '(O usuário compartilhou uma localização: {label}, latitude {x}, longitude {y})',
     linkNote: '(O usuário compartilhou um link: {title}\n{description}\n{url})',
+    imageLink: 'Ver imagem',
+    fileLink: 'Ver arquivo',
     welcome: 'Obrigado por seguir! Envie uma mensagem quando quiser.',
     busy: 'Sua mensagem anterior ainda está sendo respondida. Aguarde um momento.',
   },

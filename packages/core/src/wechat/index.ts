@@ -22,4 +22,4 @@ export { cdata, buildTextReplyXml, buildImageReplyXml, buildEncryptedReplyXml } 
 export type { ReplyAddress } from './reply.js';
 export { verifyEcho, decodeRequest, encodeReply } from './server.js';
 export type { WeChatAccountKeys, CallbackQuery, DecodedRequest } from './server.js';
-export { WeChatSimulator, type CallbackMode, type SimulatorOptions, type AttemptResult } from './simulator.js';
+export { WeChatSimulator, type CallbackMode, type SimulatorOptions, type AttemptResult, type DeliveryResult } from './simulator.js';

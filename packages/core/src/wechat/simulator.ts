@@ -18,6 +18,13 @@ export interface SimulatorOptions {
   accountId?: string;
 }
 
+/** A message delivered the way WeChat does it: what each attempt got, and when (ms after the first). */
+export interface DeliveryResult {
+  attempts: (AttemptResult & { startedAt: number })[];
+  /** The attempt WeChat accepted (HTTP 200 in time), if any. */
+  accepted: (AttemptResult & { startedAt: number; attempt: number }) | undefined;
+}
+
 /** What one callback attempt got back. */
 export interface AttemptResult {
   status: number;
@@ -86,6 +93,24 @@ export class WeChatSimulator {
       if ((err as Error).name === 'TimeoutError') return { status: 0, body: '', reply: undefined, ms: Date.now() - started };
       throw err;
     }
+  }
+
+  /**
+   * Delivers `xml` on WeChat's clock: up to three attempts, `windowMs` (5 s) apart, each cut at
+   * `windowMs`; the first HTTP 200 that arrives in time ends it (`success` included).
+   */
+  async deliver(xml: string, windowMs = 5000): Promise<DeliveryResult> {
+    const start = Date.now();
+    const attempts: DeliveryResult['attempts'] = [];
+    for (let n = 1; n <= 3; n++) {
+      const wait = start + (n - 1) * windowMs - Date.now();
+      if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
+      const startedAt = Date.now() - start;
+      const result = { ...(await this.attempt(xml, windowMs)), startedAt };
+      attempts.push(result);
+      if (result.status === 200) return { attempts, accepted: { ...result, attempt: n } };
+    }
+    return { attempts, accepted: undefined };
   }
 
   /** Opens a reply body: parses it and decrypts the envelope when there is one. */
