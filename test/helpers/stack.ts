@@ -40,13 +40,14 @@ export interface Stack {
 }
 
 /** Starts an ingress and `workers` worker instances in this process, on real Redis and real HTTP. */
-export async function startStack(env: Record<string, string>, opts: { workers?: number } = {}): Promise<Stack> {
+export async function startStack(env: Record<string, string>, opts: { workers?: number; workerPort?: number } = {}): Promise<Stack> {
   const config = loadConfig(env);
   const logger = createLogger({ level: config.logLevel });
   const ingress = await startIngress(config, logger.child({ svc: 'ingress' }), { port: 0, host: '127.0.0.1' });
+  await ingress.ready();
   const workers: WorkerHandle[] = [];
   for (let i = 0; i < (opts.workers ?? 1); i++) {
-    workers.push(await startWorker(config, logger.child({ svc: `worker${i}` }), { port: null }));
+    workers.push(await startWorker(config, logger.child({ svc: `worker${i}` }), { port: opts.workerPort ?? null, host: '127.0.0.1' }));
   }
   return {
     config,

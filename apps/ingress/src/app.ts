@@ -1,12 +1,14 @@
 import Router from '@koa/router';
 import Koa from 'koa';
-import type { Logger } from '@wxdify/core';
+import { renderMetrics, type Logger, type Metrics } from '@wxdify/core';
+import { createAdminMiddleware } from './routes/admin.js';
 import { errorResponder, requestLogger } from './middleware/errors.js';
 import { createWeChatRouter } from './routes/wechat.js';
 import type { ReplyFlowDeps } from './reply-flow.js';
 
 export interface IngressAppDeps extends ReplyFlowDeps {
   logger: Logger;
+  metrics: Metrics;
   /** True while Redis answers and the process is not shutting down. */
   isReady: () => Promise<boolean>;
 }
@@ -27,7 +29,12 @@ export function createIngressApp(deps: IngressAppDeps): Koa {
     ctx.status = ready ? 200 : 503;
     ctx.body = ready ? 'ready' : 'not ready';
   });
+  health.get('/metrics', async (ctx) => {
+    ctx.type = deps.metrics.registry.contentType;
+    ctx.body = await renderMetrics(deps.metrics, [deps.queue, deps.pushQueue]);
+  });
   app.use(health.routes());
+  for (const mw of createAdminMiddleware(deps.config, [deps.queue, deps.pushQueue])) app.use(mw);
   const wechat = createWeChatRouter(deps);
   app.use(wechat.routes());
   app.use(wechat.allowedMethods());

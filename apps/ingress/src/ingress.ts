@@ -7,8 +7,10 @@ import {
   DeliveryStore,
   QUEUES,
   UserOrder,
+  createMetrics,
   createRedis,
   type AnswerJobData,
+  type Metrics,
   type PushJobData,
   type Config,
   type Logger,
@@ -19,12 +21,21 @@ import { createIngressApp } from './app.js';
 export interface IngressHandle {
   server: Server;
   url: string;
-  /** Stops accepting, answers the requests it holds, then closes Redis. */
-  close(): Promise<void>;
+  /** Resolves once the shared QueueEvents connection is up. */
+  ready(): Promise<void>;
+  /**
+   * Turns /readyz to 503, keeps serving for `drainDelayMs` (load balancers notice), stops
+   * accepting, answers the requests it holds (each ends within WeChat's 5 s), then closes Redis.
+   */
+  close(opts?: { drainDelayMs?: number }): Promise<void>;
 }
 
 /** Starts the ingress: Redis clients, the answer queue, one shared waiter, the HTTP server. */
-export async function startIngress(config: Config, logger: Logger, opts: { port?: number; host?: string } = {}): Promise<IngressHandle> {
+export async function startIngress(
+  config: Config,
+  logger: Logger,
+  opts: { port?: number; host?: string; metrics?: Metrics } = {},
+): Promise<IngressHandle> {
   if (!config.redisUrl) throw new Error('REDIS_URL is required');
   const redis = createRedis(config.redisUrl, { name: 'ingress' });
   const blocking = createRedis(config.redisUrl, { blocking: true, name: 'ingress-events' });
@@ -32,14 +43,15 @@ export async function startIngress(config: Config, logger: Logger, opts: { port?
   const pushQueue = new Queue<PushJobData>(QUEUES.push, { connection: redis as never, prefix: config.queuePrefix });
   for (const q of [queue, pushQueue]) q.on('error', (err) => logger.warn({ err }, 'queue error'));
   const store = new DeliveryStore(redis, config.queuePrefix);
+  // Not awaited: with Redis down the process still starts, /healthz answers and /readyz says 503.
   const waiter = new AnswerWaiter({ connection: blocking, prefix: config.queuePrefix, store, logger });
-  await waiter.ready();
 
   let shuttingDown = false;
   const isReady = async () => !shuttingDown && redis.status === 'ready' && (await ping(redis));
   const app = createIngressApp({
     config,
     logger,
+    metrics: opts.metrics ?? createMetrics('ingress'),
     queue,
     pushQueue,
     store,
@@ -58,12 +70,17 @@ export async function startIngress(config: Config, logger: Logger, opts: { port?
   return {
     server,
     url,
-    async close() {
+    ready: () => waiter.ready(),
+    async close({ drainDelayMs = 0 } = {}) {
       shuttingDown = true;
+      if (drainDelayMs > 0) await new Promise((resolve) => setTimeout(resolve, drainDelayMs));
       const closed = new Promise((resolve) => server.close(resolve));
-      // Requests in flight end within WeChat's 5 s; cut whatever is left after that.
+      // Keep-alive connections go as soon as their request is answered; requests in flight end
+      // within WeChat's 5 s, and whatever is left after that is cut.
+      const idle = setInterval(() => server.closeIdleConnections(), 50);
       const cut = setTimeout(() => server.closeAllConnections(), config.wechatTimeoutMs + 1000);
       await closed;
+      clearInterval(idle);
       clearTimeout(cut);
       await waiter.close();
       await queue.close();

@@ -7,7 +7,7 @@ try {
   const ingress = await startIngress(config, logger.child({}), { port: config.port ?? 8080 });
   const stop = async (signal: string) => {
     logger.info({ signal }, 'shutting down');
-    await ingress.close();
+    await ingress.close({ drainDelayMs: 1000 });
     logger.info('stopped');
     process.exit(0);
   };

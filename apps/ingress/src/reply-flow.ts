@@ -20,10 +20,16 @@ import {
 import type { AnswerWaiter } from './answer-waiter.js';
 
 /** What the ingress answers WeChat: a passive reply, `success`, or a failure that makes WeChat retry. */
-export type Outcome =
+export type Outcome = (
   | { kind: 'reply'; part: AnswerPart; path?: 'passive' | 'fetched' }
   | { kind: 'success' }
-  | { kind: 'retry' };
+  | { kind: 'retry' }
+) & {
+  /** WeChat's attempt number for messages that go to Dify. */
+  attempt?: number;
+  /** When the message first arrived (ms), for the latency of its answer. */
+  firstAt?: number;
+};
 
 export interface ReplyFlowDeps {
   config: Config;
@@ -84,10 +90,25 @@ async function answerMessage(
   log: Logger,
   signal?: AbortSignal,
 ): Promise<Outcome> {
-  const tr = messagesFor(account);
   const jobId = messageJobId(account.id, message);
   const { attempt, firstAt, state } = await deps.store.recordAttempt(jobId, arrivedAt);
   log.debug({ jobId, attempt }, 'attempt');
+  const outcome = await waitForAnswer(deps, account, message, jobId, attempt, firstAt, state, arrivedAt, signal);
+  return { ...outcome, attempt, firstAt };
+}
+
+async function waitForAnswer(
+  deps: ReplyFlowDeps,
+  account: AccountConfig,
+  message: InboundMessage,
+  jobId: string,
+  attempt: number,
+  firstAt: number,
+  state: string,
+  arrivedAt: number,
+  signal?: AbortSignal,
+): Promise<Outcome> {
+  const tr = messagesFor(account);
   // Adding is idempotent (the job id): a retry on any replica, or after a crash, attaches to the same job.
   if (state === '') await enqueue(deps, account, message, jobId, firstAt);
 

@@ -10,12 +10,15 @@ import {
   QUEUES,
   UserOrder,
   createDifyClient,
+  createMetrics,
   createRedis,
+  renderMetrics,
   type AccountConfig,
   type AnswerJobData,
   type Config,
   type DifyClient,
   type Logger,
+  type Metrics,
   type PushJobData,
 } from '@wxdify/core';
 import { dispatch, type ProcessorMap } from './processors.js';
@@ -33,7 +36,11 @@ export interface WorkerHandle {
 }
 
 /** Starts the BullMQ workers (answers, pushes) and, unless `port` is null, the health/metrics server. */
-export async function startWorker(config: Config, logger: Logger, opts: { port?: number | null; host?: string } = {}): Promise<WorkerHandle> {
+export async function startWorker(
+  config: Config,
+  logger: Logger,
+  opts: { port?: number | null; host?: string; metrics?: Metrics } = {},
+): Promise<WorkerHandle> {
   if (!config.redisUrl) throw new Error('REDIS_URL is required');
   const redis = createRedis(config.redisUrl, { blocking: true, name: 'worker' });
   const connection = redis as never;
@@ -59,7 +66,8 @@ export async function startWorker(config: Config, logger: Logger, opts: { port?:
   const wechatFor = (account: AccountConfig) =>
     memo(apis, account.id, () => new WeChatApi({ account, redis, prefix, logger: logger.child({ account: account.id, component: 'wechat-api' }) }));
 
-  const pushDeps = { config, logger, store, wechatFor, pushQueue, lock: new FollowerLock(redis, prefix) };
+  const metrics = opts.metrics ?? createMetrics('worker');
+  const pushDeps = { config, logger, metrics, store, wechatFor, pushQueue, lock: new FollowerLock(redis, prefix) };
   const processors: ProcessorMap = {
     [QUEUES.answer]: {
       [JOBS.answer]: createAnswerProcessor({
@@ -84,13 +92,14 @@ export async function startWorker(config: Config, logger: Logger, opts: { port?:
     w.on('error', (err) => logger.error({ err }, 'worker error'));
     w.on('failed', (job, err) => logger.warn({ jobId: job?.id, err: err.message, attempts: job?.attemptsMade }, 'job failed'));
   }
-  await Promise.all(workers.map((w) => w.waitUntilReady()));
 
   let shuttingDown = false;
-  const server = opts.port === null ? undefined : await listenHealth(opts.port ?? config.port ?? 8081, opts.host ?? config.host, async () => {
+  const isReady = async () => {
     if (shuttingDown || redis.status !== 'ready') return false;
     return redis.ping().then(() => true, () => false);
-  });
+  };
+  const renderAll = () => renderMetrics(metrics, [answerQueue, pushQueue]);
+  const server = opts.port === null ? undefined : await listenHealth(opts.port ?? config.port ?? 8081, opts.host ?? config.host, isReady, renderAll, metrics.registry.contentType);
   const url = server ? `http://127.0.0.1:${(server.address() as AddressInfo).port}` : undefined;
   logger.info({ url, concurrency: config.workerConcurrency }, 'worker started');
 
@@ -110,10 +119,19 @@ export async function startWorker(config: Config, logger: Logger, opts: { port?:
   };
 }
 
-async function listenHealth(port: number, host: string, isReady: () => Promise<boolean>): Promise<Server> {
+async function listenHealth(
+  port: number,
+  host: string,
+  isReady: () => Promise<boolean>,
+  render: () => Promise<string>,
+  contentType: string,
+): Promise<Server> {
   const app = new Koa();
   app.use(async (ctx) => {
-    if (ctx.path === '/healthz') {
+    if (ctx.path === '/metrics') {
+      ctx.type = contentType;
+      ctx.body = await render();
+    } else if (ctx.path === '/healthz') {
       ctx.body = 'ok';
     } else if (ctx.path === '/readyz') {
       const ready = await isReady();

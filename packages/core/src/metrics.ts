@@ -1,3 +1,4 @@
+import type { Queue } from 'bullmq';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 
 /** Where an answer reached the follower (label `path` of wxdify_answers_delivered_total). */
@@ -74,3 +75,18 @@ export function createMetrics(component: 'ingress' | 'worker') {
 }
 
 export type Metrics = ReturnType<typeof createMetrics>;
+
+const QUEUE_STATES = ['waiting', 'active', 'delayed', 'failed', 'prioritized'] as const;
+
+/** Reads the queues' job counts into `wxdify_queue_jobs`, then renders the registry (Prometheus text). */
+export async function renderMetrics(metrics: Metrics, queues: Queue[]): Promise<string> {
+  await Promise.all(
+    queues.map(async (queue) => {
+      const counts = await queue.getJobCounts(...QUEUE_STATES).catch(() => undefined);
+      for (const state of QUEUE_STATES) {
+        if (counts) metrics.queueJobs.set({ queue: queue.name, state }, counts[state] ?? 0);
+      }
+    }),
+  );
+  return metrics.registry.metrics();
+}

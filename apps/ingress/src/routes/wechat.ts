@@ -8,8 +8,10 @@ import {
   encodeReply,
   verifyEcho,
   type AccountConfig,
+  type DeliveryPath,
   type InboundMessage,
   type Logger,
+  type Metrics,
 } from '@wxdify/core';
 import type { Context } from 'koa';
 import { answerAttempt, type Outcome, type ReplyFlowDeps } from '../reply-flow.js';
@@ -20,7 +22,7 @@ const BODY_LIMIT = 1024 * 1024;
 type Query = Record<string, string | undefined>;
 
 /** `GET|POST /wechat/:account` and `/wechat` (= `default`). */
-export function createWeChatRouter(deps: ReplyFlowDeps): Router {
+export function createWeChatRouter(deps: ReplyFlowDeps & { metrics: Metrics }): Router {
   const router = new Router();
   const account = (ctx: Context): AccountConfig => {
     const id = (ctx.params as { account?: string }).account ?? 'default';
@@ -44,7 +46,8 @@ export function createWeChatRouter(deps: ReplyFlowDeps): Router {
     ctx.req.once('close', () => closed.abort());
     const outcome = await answerAttempt(deps, acct, message, arrivedAt, log, closed.signal);
     respond(ctx, acct, message, encrypted, outcome);
-    log.info({ outcome: outcome.kind, ms: Date.now() - arrivedAt }, 'answered');
+    observe(deps.metrics, acct.id, message, outcome);
+    log.info({ outcome: outcome.kind, attempt: outcome.attempt, ms: Date.now() - arrivedAt }, 'answered');
   };
 
   router.get('/wechat', verify);
@@ -52,6 +55,16 @@ export function createWeChatRouter(deps: ReplyFlowDeps): Router {
   router.post('/wechat', receive);
   router.post('/wechat/:account', receive);
   return router;
+}
+
+function observe(metrics: Metrics, account: string, message: InboundMessage, outcome: Outcome) {
+  const attempt = outcome.attempt ?? 1;
+  if (attempt === 1) metrics.messagesReceived.inc({ account, type: message.kind === 'event' ? `event:${message.event}` : message.kind });
+  metrics.attempts.inc({ attempt: String(attempt), outcome: outcome.kind });
+  if (outcome.kind !== 'reply' || !outcome.path) return;
+  const path: DeliveryPath = outcome.path === 'fetched' ? 'fetched' : (`passive_${Math.min(attempt, 3)}` as DeliveryPath);
+  metrics.answersDelivered.inc({ account, path });
+  if (outcome.firstAt) metrics.answerLatency.observe({ path }, (Date.now() - outcome.firstAt) / 1000);
 }
 
 async function readBody(ctx: Context): Promise<string> {

@@ -1,4 +1,4 @@
-import { UnrecoverableError, type Job, type Queue } from 'bullmq';
+import { DelayedError, UnrecoverableError, type Job, type Queue } from 'bullmq';
 import {
   JOBS,
   PUSH_JOB_OPTIONS,
@@ -45,7 +45,15 @@ export function createAnswerProcessor(deps: AnswerProcessorDeps) {
 
     // In customer-service mode the follower sees "typing…" while Dify works.
     const typing = account.enableCustomMessage ? startTyping(deps.wechatFor(account), job.data.message.fromUserName, log) : undefined;
-    const parts = await askDify(deps, account, job, log, signal).finally(() => typing?.stop());
+    const parts = await askDify(deps, account, job, log, signal)
+      .catch(async (err: unknown) => {
+        if (!signal?.aborted) throw err;
+        // The worker is shutting down: hand the job back untouched (no attempt used) for another worker.
+        log.warn('shutting down mid-answer; job handed back to the queue');
+        await job.moveToDelayed(Date.now(), token);
+        throw new DelayedError();
+      })
+      .finally(() => typing?.stop());
     const state = await store.saveAnswer(job.id!, { parts, readyAt: Date.now() });
     await deps.turns.release(job);
     const handover = { account: account.id, answerJobId: job.id!, openId: job.data.message.fromUserName };

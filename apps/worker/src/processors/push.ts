@@ -8,6 +8,7 @@ import {
   type Config,
   type DeliveryStore,
   type Logger,
+  type Metrics,
   type PushJobData,
   type SettleJobData,
 } from '@wxdify/core';
@@ -21,6 +22,7 @@ const ERR_NO_PERMISSION = 48001;
 
 export interface PushProcessorDeps {
   config: Config;
+  metrics: Metrics;
   logger: Logger;
   store: DeliveryStore;
   lock: FollowerLock;
@@ -40,7 +42,7 @@ export function createPushProcessor(deps: PushProcessorDeps) {
     const account = accountOf(deps.config, job.data.account);
     const { answerJobId, openId } = job.data;
     return deps.lock.run(job, token, account.id, openId, async () => {
-      const { answer, next } = await deps.store.peek(answerJobId);
+      const { answer, next, firstAt } = await deps.store.peek(answerJobId);
       if (!answer) throw new UnrecoverableError(`no answer stored for ${answerJobId}`);
       const log = deps.logger.child({ jobId: answerJobId, account: account.id });
       let pushed = 0;
@@ -49,6 +51,11 @@ export function createPushProcessor(deps: PushProcessorDeps) {
         const outcome = quota.ok ? await send(deps, account, openId, withNotice(account, answer.parts, i, quota.left)) : 'quota';
         if (outcome !== 'done') return stop(deps, account, job.data, outcome, pushed, log);
         await deps.store.markDelivered(answerJobId, i + 1);
+        if (i === 0) {
+          // The whole answer went by push: this is when it reached the follower.
+          deps.metrics.answersDelivered.inc({ account: account.id, path: 'pushed' });
+          if (firstAt) deps.metrics.answerLatency.observe({ path: 'pushed' }, (Date.now() - firstAt) / 1000);
+        }
         pushed++;
       }
       await deps.store.clearPending(account.id, openId, answerJobId);
