@@ -8,6 +8,9 @@
 //      tokens joined by '+': a scenario name, framing flags (crlf, spaced, ids, split[=bytes], redis)
 //      and key=value knobs (delay=ms, hang=ms, chunk=chars, status=n, code=str)
 //   3. 'normal'
+// `POST /v1/audio-to-text` takes multipart `file` + `user` with Dify's checks: speech-to-text off
+// (the default; `speechToText: true` turns it on) is 400 speech_to_text_disabled, a part type other
+// than audio/mp3|m4a|x-m4a|wav|amr|mpga is 415, over 30 MB 413; each accepted file is in `audioUploads`.
 import { randomBytes, randomUUID } from 'node:crypto';
 import { createServer, type IncomingHttpHeaders, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -96,6 +99,18 @@ export interface FakeDifyOptions {
   hangMs?: number;
   filesTtlMs?: number;
   framing?: Framing;
+  /** Whether the app has speech-to-text on (`/parameters` and `/audio-to-text`). */
+  speechToText?: boolean;
+  /** What `/audio-to-text` answers. */
+  transcript?: string | ((audio: Buffer, contentType: string) => string);
+}
+
+/** A file `/audio-to-text` accepted. */
+export interface AudioUpload {
+  user: string;
+  contentType: string;
+  filename: string;
+  bytes: Buffer;
 }
 
 export interface RecordedRequest {
@@ -119,6 +134,7 @@ export interface FakeDify {
   readonly options: Required<Omit<FakeDifyOptions, 'answer'>> & Pick<FakeDifyOptions, 'answer'>;
   readonly requests: RecordedRequest[];
   readonly stops: Array<{ path: string; taskId: string; user: unknown }>;
+  readonly audioUploads: AudioUpload[];
   readonly stopCount: number;
   /** Requests to the three run routes. */
   runRequests(): RecordedRequest[];
@@ -127,6 +143,11 @@ export interface FakeDify {
   configure(patch: Partial<FakeDifyOptions>): void;
   enqueue(...items: Array<ScenarioName | Scenario | FakeScript>): void;
   script(fn: FakeScript): void;
+  /**
+   * Serves a file at a signed, relative `/files/tools/<uuid>.<ext>?timestamp=…&sign=…` URL (as a
+   * tool file of self-hosted Dify) until `filesTtlMs` passes; a 1x1 PNG unless `bytes` are given.
+   */
+  serveFile(ext?: string, body?: { bytes: Buffer; contentType: string }): string;
   /** Creates a conversation for `user` (as if an earlier turn had happened). */
   createConversation(user: string): string;
   deleteConversation(user: string, id: string): void;
@@ -147,6 +168,8 @@ const PROVIDER_MESSAGES: Record<string, string> = {
   completion_request_error: 'Completion request failed.',
   app_unavailable: 'App unavailable, please check your app configurations.',
 };
+/** Part types `/audio-to-text` accepts (audio/mpeg is refused, dify-api.md §5.2). */
+const AUDIO_TYPES = new Set(['audio/mp3', 'audio/m4a', 'audio/x-m4a', 'audio/wav', 'audio/amr', 'audio/mpga']);
 const PNG_1X1 = Buffer.from('iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAQAAAC1HAwCAAAAC0lEQVR42mNkYAAAAAYAAjCB0C8AAAAASUVORK5CYII=', 'base64');
 
 class HttpFail extends Error {
@@ -164,14 +187,16 @@ export async function startFakeDify(opts: FakeDifyOptions = {}): Promise<FakeDif
     apiKey: 'app-fake-dify-key', mode: 'chat', appName: 'Fake Dify', acceptsImages: false,
     pingIntervalMs: 10_000, answerDelayMs: 0, chunkSize: 4, chunkDelayMs: 0, queryVariable: 'query',
     outputVariable: 'answer', maxActiveRequests: 0, unknownConversation: 'http', hangMs: 300_000,
-    filesTtlMs: 300_000, framing: {}, ...opts,
+    filesTtlMs: 300_000, framing: {}, speechToText: false, transcript: 'transcribed voice', ...opts,
   };
+  const audioUploads: AudioUpload[] = [];
   const requests: RecordedRequest[] = [];
   const stops: Array<{ path: string; taskId: string; user: unknown }> = [];
   const queue: Array<Scenario | FakeScript> = [];
   const conversations = new Map<string, Map<string, Conversation>>();
   const tasks = new Map<string, Task>();
   const served = new Map<string, number>();
+  const fileBodies = new Map<string, { bytes: Buffer; contentType: string }>();
   const closing = new AbortController();
   let active = 0;
   let origin = '';
@@ -182,9 +207,10 @@ export async function startFakeDify(opts: FakeDifyOptions = {}): Promise<FakeDif
     if (!m) conversations.set(key, (m = new Map()));
     return m;
   };
-  const serveFile = (ext: string): string => {
+  const serveFile = (ext: string, body?: { bytes: Buffer; contentType: string }): string => {
     const path = `/files/tools/${randomUUID()}.${ext}`;
     served.set(path, Date.now() + options.filesTtlMs);
+    if (body) fileBodies.set(path, body);
     const ts = Math.floor(Date.now() / 1000);
     return `${path}?timestamp=${ts}&nonce=${randomBytes(16).toString('hex')}&sign=${randomBytes(32).toString('base64url')}=`;
   };
@@ -209,10 +235,11 @@ export async function startFakeDify(opts: FakeDifyOptions = {}): Promise<FakeDif
       rec.status = res.statusCode;
       if (!res.writableFinished) rec.clientClosed = true;
     });
-    const raw = await readBody(req);
-    rec.body = raw.length > 0 ? tryJson(raw) : undefined;
+    const bytes = await readBody(req);
+    const raw = bytes.toString('utf8');
+    rec.body = raw.length > 0 && !isMultipart(req) ? tryJson(raw) : undefined;
     try {
-      await route(req, res, url, raw, rec);
+      await route(req, res, url, raw, rec, bytes);
     } catch (err) {
       if (!(err instanceof HttpFail)) throw err;
       rec.status = err.status;
@@ -220,7 +247,7 @@ export async function startFakeDify(opts: FakeDifyOptions = {}): Promise<FakeDif
     }
   }
 
-  async function route(req: IncomingMessage, res: ServerResponse, url: URL, raw: string, rec: RecordedRequest): Promise<void> {
+  async function route(req: IncomingMessage, res: ServerResponse, url: URL, raw: string, rec: RecordedRequest, bytes: Buffer): Promise<void> {
     const p = url.pathname;
     const m = req.method ?? 'GET';
     if (m === 'GET' && p.startsWith('/files/')) return sendFile(res, p);
@@ -241,7 +268,11 @@ export async function startFakeDify(opts: FakeDifyOptions = {}): Promise<FakeDif
     }
     if (m === 'GET' && sub === '/parameters') {
       authenticate(req);
-      return sendJson(res, 200, parameters(options.mode, options.acceptsImages));
+      return sendJson(res, 200, parameters(options.mode, options.acceptsImages, options.speechToText));
+    }
+    if (m === 'POST' && sub === '/audio-to-text') {
+      authenticate(req);
+      return audioToText(req, res, bytes, rec);
     }
     if (m === 'DELETE' && (match = /^\/conversations\/([^/]+)$/.exec(sub))) {
       const id = match[1] ?? '';
@@ -265,6 +296,25 @@ export async function startFakeDify(opts: FakeDifyOptions = {}): Promise<FakeDif
     const [scheme, token] = header.split(/\s+/, 2);
     if (scheme?.toLowerCase() !== 'bearer') throw new HttpFail(401, 'unauthorized', "Authorization scheme must be 'Bearer'");
     if (token !== options.apiKey) throw new HttpFail(401, 'unauthorized', 'Access token is invalid');
+  }
+
+  /** Dify's AudioService order: user, feature switch, file present, part type, size. */
+  async function audioToText(req: IncomingMessage, res: ServerResponse, bytes: Buffer, rec: RecordedRequest): Promise<void> {
+    const form = await new Response(new Uint8Array(bytes), { headers: { 'content-type': req.headers['content-type'] ?? '' } })
+      .formData()
+      .catch(() => new FormData());
+    const user = form.get('user');
+    const file = form.get('file');
+    rec.body = { user, file: file instanceof File ? { name: file.name, type: file.type, size: file.size } : null };
+    if (typeof user !== 'string' || user === '') throw new HttpFail(400, 'invalid_param', 'Arg user must be provided.');
+    if (!options.speechToText) throw new HttpFail(400, 'speech_to_text_disabled', 'Speech to text is not enabled');
+    if (!(file instanceof File)) throw new HttpFail(400, 'no_audio_uploaded', 'Please upload your audio.');
+    if (!AUDIO_TYPES.has(file.type.toLowerCase())) throw new HttpFail(415, 'unsupported_audio_type', 'Audio type not allowed.');
+    if (file.size > 30 * 1024 * 1024) throw new HttpFail(413, 'audio_too_large', 'Audio size larger than 30 mb');
+    const audio = Buffer.from(await file.arrayBuffer());
+    audioUploads.push({ user, contentType: file.type, filename: file.name, bytes: audio });
+    const t = options.transcript;
+    sendJson(res, 200, { text: typeof t === 'function' ? t(audio, file.type) : t });
   }
 
   function stop(res: ServerResponse, path: string, taskId: string, body: Record<string, unknown>, workflow: boolean): void {
@@ -508,7 +558,8 @@ export async function startFakeDify(opts: FakeDifyOptions = {}): Promise<FakeDif
     const expires = served.get(path);
     if (expires === undefined) return sendError(res, new HttpFail(404, 'not_found', WERKZEUG_404));
     if (Date.now() > expires) return sendError(res, new HttpFail(403, 'forbidden', 'Invalid request.'));
-    res.writeHead(200, { 'content-type': 'image/png', 'content-length': PNG_1X1.length }).end(PNG_1X1);
+    const { bytes, contentType } = fileBodies.get(path) ?? { bytes: PNG_1X1, contentType: 'image/png' };
+    res.writeHead(200, { 'content-type': contentType, 'content-length': bytes.length }).end(bytes);
   }
 
   function openStream(res: ServerResponse, mode: FakeDifyMode, framing: Framing, req: { body: Record<string, unknown>; user: string; query: string; conversationId: string }): Stream {
@@ -525,6 +576,7 @@ export async function startFakeDify(opts: FakeDifyOptions = {}): Promise<FakeDif
     options,
     requests,
     stops,
+    audioUploads,
     get stopCount() { return stops.length; },
     runRequests: () => requests.filter((r) => r.method === 'POST' && /^\/v1\/(chat-messages|completion-messages|workflows\/run)$/.test(r.path)),
     runningTaskIds: () => [...tasks.keys()],
@@ -533,6 +585,7 @@ export async function startFakeDify(opts: FakeDifyOptions = {}): Promise<FakeDif
       for (const item of items) queue.push(typeof item === 'string' ? { name: item } : item);
     },
     script: (fn) => { queue.push(fn); },
+    serveFile: (ext = 'png', body) => serveFile(ext, body),
     createConversation: (user) => {
       const id = randomUUID();
       convs(user).set(id, { id, inputs: {}, deleted: false });
@@ -735,13 +788,13 @@ function parseJson(req: IncomingMessage, raw: string): Record<string, unknown> {
   return body as Record<string, unknown>;
 }
 
-function parameters(mode: FakeDifyMode, images: boolean): Record<string, unknown> {
+function parameters(mode: FakeDifyMode, images: boolean, stt: boolean): Record<string, unknown> {
   const workflowish = mode === 'workflow' || mode === 'advanced-chat';
   return {
     opening_statement: 'Hello!',
     suggested_questions: [],
     suggested_questions_after_answer: { enabled: false },
-    speech_to_text: { enabled: false },
+    speech_to_text: { enabled: stt },
     text_to_speech: { enabled: false, voice: '', language: '', autoPlay: 'disabled' },
     retriever_resource: { enabled: false },
     annotation_reply: { enabled: false },
@@ -809,10 +862,14 @@ function chunk(text: string, size: number): string[] {
   return out;
 }
 
-async function readBody(req: IncomingMessage): Promise<string> {
+async function readBody(req: IncomingMessage): Promise<Buffer> {
   const parts: Buffer[] = [];
   for await (const part of req as AsyncIterable<Buffer>) parts.push(part);
-  return Buffer.concat(parts).toString('utf8');
+  return Buffer.concat(parts);
+}
+
+function isMultipart(req: IncomingMessage): boolean {
+  return (req.headers['content-type'] ?? '').startsWith('multipart/form-data');
 }
 
 function tryJson(raw: string): unknown {

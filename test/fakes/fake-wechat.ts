@@ -18,14 +18,42 @@ export interface PushedMessage {
   at: number;
 }
 
+/** A temporary media file the fake holds: uploaded by the code under test, or added by a test. */
+export interface StoredMedia {
+  mediaId: string;
+  type: string;
+  filename: string;
+  contentType: string;
+  size: number;
+  bytes: Buffer;
+  at: number;
+}
+
 /**
- * A local stand-in for api.weixin.qq.com: stable_token, customer-service send and typing, with
- * WeChat's errcodes. Tokens are real random strings; invalidating one makes calls with it fail
- * with 40001 as WeChat does. `failNext(path, errcode)` scripts errors.
+ * Temporary media limits of media/upload (the doc's list: image 10 MB PNG/JPEG/JPG/GIF, voice 2 MB
+ * AMR/MP3, video 10 MB MP4, thumb 64 KB JPG) and the errcodes for a size over them.
+ * https://developers.weixin.qq.com/doc/service/api/material/temporary/api_uploadtempmedia
+ */
+const MEDIA_LIMITS: Record<string, { maxBytes: number; extensions: string[]; sizeErrcode: number }> = {
+  image: { maxBytes: 10 * 1024 * 1024, extensions: ['png', 'jpeg', 'jpg', 'gif'], sizeErrcode: 40009 },
+  voice: { maxBytes: 2 * 1024 * 1024, extensions: ['amr', 'mp3'], sizeErrcode: 40010 },
+  video: { maxBytes: 10 * 1024 * 1024, extensions: ['mp4'], sizeErrcode: 40011 },
+  thumb: { maxBytes: 64 * 1024, extensions: ['jpg', 'jpeg'], sizeErrcode: 40012 },
+};
+
+/**
+ * A local stand-in for api.weixin.qq.com: stable_token, customer-service send and typing, and
+ * temporary media (media/upload records what it got; media/get serves what a test added with
+ * `addMedia` or what was uploaded, and answers an unknown id with errcode 40007 in a text/plain
+ * JSON body, as WeChat does), with WeChat's errcodes. Tokens are real random strings; invalidating
+ * one makes calls with it fail with 40001 as WeChat does. `failNext(path, errcode)` scripts errors.
  */
 export class FakeWeChat {
   readonly calls: WeChatCall[] = [];
   readonly pushed: PushedMessage[] = [];
+  /** Files received by media/upload, in order. */
+  readonly uploads: StoredMedia[] = [];
+  #media = new Map<string, StoredMedia>();
   tokenRequests = 0;
   #validTokens = new Set<string>();
   #failures: { path: string; errcode: number }[] = [];
@@ -59,6 +87,11 @@ export class FakeWeChat {
     this.#failures.push({ path, errcode });
   }
 
+  /** Makes `mediaId` downloadable from media/get (as a follower's voice or image would be). */
+  addMedia(mediaId: string, bytes: Buffer, contentType: string, filename = mediaId): void {
+    this.#media.set(mediaId, { mediaId, type: contentType.split('/')[0] ?? '', filename, contentType, size: bytes.length, bytes, at: Date.now() });
+  }
+
   /** The texts pushed to `openId`, in order. */
   textsTo(openId: string): string[] {
     return this.pushed.filter((m) => m.touser === openId && m.msgtype === 'text').map((m) => m.text!.content);
@@ -68,7 +101,9 @@ export class FakeWeChat {
     const url = new URL(req.url ?? '/', 'http://x');
     const chunks: Buffer[] = [];
     for await (const c of req) chunks.push(c as Buffer);
-    const raw = Buffer.concat(chunks).toString('utf8');
+    const bytes = Buffer.concat(chunks);
+    const multipart = (req.headers['content-type'] ?? '').startsWith('multipart/form-data');
+    const raw = multipart ? '' : bytes.toString('utf8');
     const body = raw ? (JSON.parse(raw) as Record<string, unknown>) : {};
     const call: WeChatCall = { path: url.pathname, query: Object.fromEntries(url.searchParams), body, at: Date.now() };
     this.calls.push(call);
@@ -100,7 +135,42 @@ export class FakeWeChat {
       return send({ errcode: 0, errmsg: 'ok' });
     }
     if (url.pathname === '/cgi-bin/message/custom/typing') return send({ errcode: 0, errmsg: 'ok' });
+    if (url.pathname === '/cgi-bin/media/upload' && req.method === 'POST') {
+      return send(await this.#upload(url.searchParams.get('type') ?? '', req.headers['content-type'] ?? '', bytes));
+    }
+    if (url.pathname === '/cgi-bin/media/get' && req.method === 'GET') {
+      const media = this.#media.get(url.searchParams.get('media_id') ?? '');
+      if (!media) {
+        res.writeHead(200, { 'content-type': 'text/plain' });
+        return res.end(JSON.stringify({ errcode: 40007, errmsg: 'invalid media_id' }));
+      }
+      res.writeHead(200, {
+        'content-type': media.contentType,
+        'content-disposition': `attachment; filename="${media.filename}"`,
+        'content-length': media.size,
+      });
+      return res.end(media.bytes);
+    }
     res.writeHead(404);
     res.end();
+  }
+
+  /** media/upload: one `media` part with a filename; type, format and size checked as WeChat does. */
+  async #upload(type: string, contentType: string, bytes: Buffer): Promise<Record<string, unknown>> {
+    const limits = MEDIA_LIMITS[type];
+    if (!limits) return { errcode: 40004, errmsg: 'invalid media type' };
+    const form = await new Response(new Uint8Array(bytes), { headers: { 'content-type': contentType } }).formData().catch(() => new FormData());
+    const file = form.get('media');
+    if (!(file instanceof File)) return { errcode: 41005, errmsg: 'media data missing' };
+    const ext = /\.([a-z0-9]+)$/i.exec(file.name)?.[1]?.toLowerCase() ?? '';
+    if (!limits.extensions.includes(ext)) return { errcode: 40005, errmsg: 'invalid file type' };
+    if (file.size > limits.maxBytes) return { errcode: limits.sizeErrcode, errmsg: `invalid ${type} size` };
+    const mediaId = `media_${type}_${this.uploads.length + 1}_${Math.random().toString(36).slice(2, 10)}`;
+    const stored: StoredMedia = {
+      mediaId, type, filename: file.name, contentType: file.type, size: file.size, bytes: Buffer.from(await file.arrayBuffer()), at: Date.now(),
+    };
+    this.uploads.push(stored);
+    this.#media.set(mediaId, stored);
+    return { type, media_id: mediaId, created_at: Math.floor(Date.now() / 1000) };
   }
 }

@@ -4,24 +4,45 @@ import {
   messagesFor,
   shapeAnswer,
   splitText,
+  ANSWER_PART_MAX_BYTES,
   type AccountConfig,
   type AnswerJobData,
   type AnswerPart,
   type ConversationStore,
+  type DifyAnswer,
   type DifyClient,
+  type DifyFileInput,
+  type InboundMessage,
   type Logger,
+  type Translate,
 } from '@wxdify/core';
 import { buildDifyRequest } from './dify-request.js';
+import { collectAnswerFiles, uploadAnswerImages, type AnswerFile } from './media.js';
+import { transcribeVoice } from './voice.js';
+import type { WeChatApi } from './wechat-api.js';
 
 export interface AskDifyDeps {
   conversations: ConversationStore;
   difyFor: (account: AccountConfig) => DifyClient;
+  /** The account's WeChat API: voice download, answer image upload (only with an AppSecret). */
+  wechatFor: (account: AccountConfig) => WeChatApi;
+}
+
+interface AskContext {
+  deps: AskDifyDeps;
+  account: AccountConfig;
+  tr: Translate;
+  log: Logger;
+  /** Another job attempt remains, so a transient failure may be thrown for BullMQ to retry. */
+  mayRetry: boolean;
+  signal?: AbortSignal;
 }
 
 /**
- * Asks Dify for the answer to one message and shapes it into WeChat parts. The conversation id
- * is saved as soon as Dify sends it. Retryable failures are thrown for BullMQ to retry (while
- * attempts remain); anything else becomes a short apology in the follower's language.
+ * Asks Dify for the answer to one message and shapes it into WeChat parts: the text parts, then
+ * the answer's images as uploaded temporary media. The conversation id is saved as soon as Dify
+ * sends it. Retryable failures are thrown for BullMQ to retry (while attempts remain); anything
+ * else becomes a short apology in the follower's language, with Dify's code and text only logged.
  */
 export async function askDify(
   deps: AskDifyDeps,
@@ -31,31 +52,75 @@ export async function askDify(
   signal?: AbortSignal,
 ): Promise<AnswerPart[]> {
   const tr = messagesFor(account);
-  const { message } = job.data;
-  const request = buildDifyRequest(message, tr);
-  if (request.directAnswer) return [{ type: 'text', text: request.directAnswer }];
-  const conversation = await deps.conversations.get(account.id, message.fromUserName);
+  const mayRetry = job.attemptsMade + 1 < (job.opts.attempts ?? 1);
+  const ctx: AskContext = { deps, account, tr, log, mayRetry, ...(signal ? { signal } : {}) };
   try {
-    const answer = await deps.difyFor(account).ask({
-      query: request.query,
-      user: message.fromUserName,
-      inputs: request.inputs,
-      conversationId: conversation.id,
-      signal,
-      onConversationId: async (id) => {
-        if (id !== conversation.id) await deps.conversations.save(account.id, message.fromUserName, conversation, id);
-      },
-    });
-    log.info({ ms: answer.totalMs, firstEventMs: answer.firstEventMs, chars: answer.text.length }, 'dify answered');
-    const shaped = shapeAnswer(answer.text, { difyOrigin: new URL(account.difyApiBaseUrl).origin });
-    const text = shaped.text || tr('difyError');
-    return splitText(text).map((t) => ({ type: 'text', text: t }));
+    return await answer(ctx, job.data.message);
   } catch (err) {
-    const lastTry = job.attemptsMade + 1 >= (job.opts.attempts ?? 1);
-    if (err instanceof AppError && err.retryable && !lastTry && !signal?.aborted) throw err;
     if (signal?.aborted) throw err;
-    log.error({ err, code: (err as AppError).code }, 'dify failed; answering with an apology');
+    if (err instanceof AppError && err.retryable && mayRetry) throw err;
+    log.error({ err, code: (err as AppError).code, status: (err as AppError).status }, 'dify failed; answering with an apology');
     const timedOut = err instanceof AppError && err.code === 'dify_timeout';
-    return [{ type: 'text', text: timedOut ? tr('difyTimeout') : tr('difyError') }];
+    return [textPart(timedOut ? tr('difyTimeout') : tr('difyError'))];
   }
+}
+
+async function answer(ctx: AskContext, message: InboundMessage): Promise<AnswerPart[]> {
+  const { deps, account, log, signal } = ctx;
+  const dify = deps.difyFor(account);
+  const wechat = account.appSecret ? deps.wechatFor(account) : undefined;
+  const transcript = message.kind === 'voice' && !message.recognition?.trim()
+    ? await transcribeVoice({ wechat, dify }, message, log, { mayRetry: ctx.mayRetry, ...(signal ? { signal } : {}) })
+    : undefined;
+  const request = buildDifyRequest(message, { tr: ctx.tr, welcomeMessage: account.welcomeMessage, transcript });
+  if (request.directAnswer) return [textPart(request.directAnswer)];
+
+  // Vision: WeChat's PicUrl as a remote file; Dify fetches it itself (apps without vision get the text only).
+  const files: DifyFileInput[] | undefined = request.imageUrl && (await dify.acceptsImages())
+    ? [{ type: 'image', transfer_method: 'remote_url', url: request.imageUrl }]
+    : undefined;
+  const conversation = await deps.conversations.get(account.id, message.fromUserName);
+  const reply = await dify.ask({
+    query: request.query,
+    user: message.fromUserName,
+    inputs: request.inputs,
+    conversationId: conversation.id,
+    ...(files ? { files } : {}),
+    ...(signal ? { signal } : {}),
+    logger: log,
+    onConversationId: async (id) => {
+      if (id !== conversation.id) await deps.conversations.save(account.id, message.fromUserName, conversation, id);
+    },
+  });
+  return toParts(ctx, reply, wechat);
+}
+
+/**
+ * Text first (split for WeChat), then one image part per uploaded image: the passive reply is the
+ * text, or the image when that is the whole answer. Files that could not become image messages
+ * are linked at the end of the text.
+ */
+async function toParts(ctx: AskContext, reply: DifyAnswer, wechat: WeChatApi | undefined): Promise<AnswerPart[]> {
+  const difyOrigin = new URL(ctx.account.difyApiBaseUrl).origin;
+  const shaped = shapeAnswer(reply.text, { difyOrigin });
+  const files = collectAnswerFiles(reply.files, shaped.images);
+  const { mediaIds, links } = await uploadAnswerImages(wechat, files, { difyOrigin, log: ctx.log, ...(ctx.signal ? { signal: ctx.signal } : {}) });
+  const linkText = links.filter((f) => !shaped.text.includes(new URL(f.url).pathname)).map((f) => linkTo(f, ctx.tr)).join('\n');
+  const text = [shaped.text, linkText].filter(Boolean).join('\n\n');
+  const parts: AnswerPart[] = [
+    ...(text ? splitText(text, ANSWER_PART_MAX_BYTES).map(textPart) : []),
+    ...mediaIds.map((mediaId): AnswerPart => ({ type: 'image', mediaId })),
+  ];
+  if (files.length > 0) ctx.log.info({ files: files.length, images: mediaIds.length, links: links.length }, 'answer files handled');
+  return parts.length > 0 ? parts : [textPart(ctx.tr('difyError'))];
+}
+
+/** WeChat text shows `<a href>` links; the label is the file's name or a localized "view image". */
+function linkTo(file: AnswerFile, tr: Translate): string {
+  const label = (file.image ? undefined : file.filename?.replace(/[<>]/g, '')) || tr(file.image ? 'imageLink' : 'fileLink');
+  return `<a href="${file.url.replaceAll('"', '%22')}">${label}</a>`;
+}
+
+function textPart(text: string): AnswerPart {
+  return { type: 'text', text };
 }

@@ -1,4 +1,4 @@
-import type { InboundMessage, Translate } from '@wxdify/core';
+import type { EventMessage, InboundMessage, Translate } from '@wxdify/core';
 
 /** What one follower message becomes for Dify: the query text and the `inputs` the seed plugin sent. */
 export interface DifyRequestParts {
@@ -10,11 +10,25 @@ export interface DifyRequestParts {
   directAnswer?: string;
 }
 
+/** What the request depends on besides the message. */
+export interface DifyRequestContext {
+  tr: Translate;
+  /** The configured WELCOME_MESSAGE, if any (the catalogue's `welcome` is not used here). */
+  welcomeMessage?: string | undefined;
+  /** Dify's transcript of a voice message that came without WeChat's `Recognition`. */
+  transcript?: string | undefined;
+}
+
+/** WeChat prefixes the scene of a follow through a parameterised QR code; SCAN sends it bare. */
+const SCENE_PREFIX = 'qrscene_';
+
 /**
  * Maps a WeChat message to Dify's query and inputs. `inputs` carry msgId, msgType, fromUser,
- * createTime and the type's own fields, as the seed plugin did.
+ * createTime and the type's own fields, as the seed plugin did. Dify keeps a conversation's first
+ * inputs (later ones are ignored), so what matters for later turns is in the query too.
  */
-export function buildDifyRequest(message: InboundMessage, tr: Translate): DifyRequestParts {
+export function buildDifyRequest(message: InboundMessage, ctx: DifyRequestContext): DifyRequestParts {
+  const { tr } = ctx;
   const inputs: Record<string, string> = {
     msgId: message.msgId ?? '',
     msgType: message.msgType,
@@ -26,12 +40,11 @@ export function buildDifyRequest(message: InboundMessage, tr: Translate): DifyRe
       return { query: message.content, inputs };
     case 'image':
       return { query: tr('imageNote', { url: message.picUrl }), inputs: { ...inputs, picUrl: message.picUrl, mediaId: message.mediaId }, imageUrl: message.picUrl };
-    case 'voice':
-      if (!message.recognition?.trim()) return { query: '', inputs, directAnswer: tr('voiceUnavailable') };
-      return {
-        query: message.recognition.trim(),
-        inputs: { ...inputs, mediaId: message.mediaId, format: message.format, recognition: message.recognition ?? '' },
-      };
+    case 'voice': {
+      const text = message.recognition?.trim() || ctx.transcript?.trim();
+      if (!text) return { query: '', inputs, directAnswer: tr('voiceUnavailable') };
+      return { query: text, inputs: { ...inputs, mediaId: message.mediaId, format: message.format, recognition: text } };
+    }
     case 'video':
     case 'shortvideo':
       return { query: tr('videoNote'), inputs: { ...inputs, mediaId: message.mediaId, thumbMediaId: message.thumbMediaId } };
@@ -46,11 +59,26 @@ export function buildDifyRequest(message: InboundMessage, tr: Translate): DifyRe
         inputs: { ...inputs, title: message.title, description: message.description, url: message.url },
       };
     case 'event':
-      return {
-        query: message.eventKey ? `${message.event} ${message.eventKey}` : message.event,
-        inputs: { ...inputs, event: message.event, eventKey: message.eventKey ?? '' },
-      };
+      return eventRequest(message, inputs, ctx);
     default:
       return { query: '', inputs, directAnswer: tr('unsupported') };
   }
+}
+
+/**
+ * Follow (`subscribe`, with `qrscene_<scene>` when through a QR code) and `SCAN` (a follower scanning
+ * a QR code; EventKey is the bare scene) get WELCOME_MESSAGE when one is configured, else Dify gets
+ * `subscribe [scene]` / `SCAN <scene>`. A menu `CLICK` sends its EventKey as the query. Other events
+ * that reach the worker (scancode_push, pic_sysphoto …) go as `<Event> <EventKey>`.
+ */
+function eventRequest(message: EventMessage, base: Record<string, string>, ctx: DifyRequestContext): DifyRequestParts {
+  const key = message.eventKey ?? '';
+  const inputs = { ...base, event: message.event, eventKey: key };
+  if (message.event === 'subscribe' || message.event === 'SCAN') {
+    if (ctx.welcomeMessage) return { query: '', inputs, directAnswer: ctx.welcomeMessage };
+    const scene = key.startsWith(SCENE_PREFIX) ? key.slice(SCENE_PREFIX.length) : message.event === 'SCAN' ? key : '';
+    return { query: scene ? `${message.event} ${scene}` : message.event, inputs: { ...inputs, scene } };
+  }
+  if (message.event === 'CLICK' && key) return { query: key, inputs };
+  return { query: key ? `${message.event} ${key}` : message.event, inputs };
 }

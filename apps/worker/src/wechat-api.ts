@@ -1,6 +1,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import got, { type Got } from 'got';
 import { AppError, defineScript, redisKey, type AccountConfig, type Logger, type RedisClient } from '@wxdify/core';
+import { readCapped } from './read-capped.js';
 
 /** errcodes that mean "this access token is no longer good": expire it, refetch, retry once. */
 const TOKEN_INVALID = new Set([40001, 40014, 42001]);
@@ -26,9 +27,45 @@ return 0
 
 type WeChatReply = { errcode?: number; errmsg?: string } & Record<string, unknown>;
 
+/** Temporary media types of `media/upload`. */
+export type TempMediaType = 'image' | 'voice' | 'video' | 'thumb';
+
+/** A downloaded media file. */
+export interface WeChatMedia {
+  bytes: Buffer;
+  contentType: string;
+}
+
+/**
+ * Temporary media limits, checked before uploading (WeChat would refuse with 40005/40009-40012).
+ * The doc lists image 10 MB PNG/JPEG/JPG/GIF, voice 2 MB AMR/MP3, video 10 MB MP4, thumb 64 KB JPG
+ * (its notes section still says 2 MB for images, as older SDK docs do; WeChat has the last word).
+ * https://developers.weixin.qq.com/doc/service/api/material/temporary/api_uploadtempmedia
+ */
+export const TEMP_MEDIA_LIMITS = {
+  image: { maxBytes: 10 * 1024 * 1024, extensions: ['png', 'jpg', 'jpeg', 'gif'] },
+  voice: { maxBytes: 2 * 1024 * 1024, extensions: ['amr', 'mp3'] },
+  video: { maxBytes: 10 * 1024 * 1024, extensions: ['mp4'] },
+  thumb: { maxBytes: 64 * 1024, extensions: ['jpg', 'jpeg'] },
+} as const satisfies Record<TempMediaType, { maxBytes: number; extensions: readonly string[] }>;
+
+/** A file WeChat would refuse as temporary media (size or format); nothing was sent. */
+export class MediaLimitError extends AppError {
+  override readonly name = 'MediaLimitError';
+  constructor(message: string) {
+    super('wechat_api', message);
+  }
+}
+
+/** Media calls move files: a longer timeout than the JSON calls. */
+const MEDIA_TIMEOUT_MS = 30_000;
+/** Voice is at most 2 MB and video 10 MB on WeChat's side; more than this is not a media file. */
+const MEDIA_DOWNLOAD_MAX_BYTES = 10 * 1024 * 1024;
+
 /**
  * The WeChat API client of one account: access token shared by every process through Redis
- * (`stable_token`, fetched by one process at a time), customer-service messages and typing.
+ * (`stable_token`, fetched by one process at a time), customer-service messages and typing,
+ * temporary media upload and download.
  * https://developers.weixin.qq.com/doc/offiaccount/Basic_Information/getStableAccessToken.html
  */
 export class WeChatApi {
@@ -65,12 +102,57 @@ export class WeChatApi {
     await this.call('cgi-bin/message/custom/typing', { touser: openId, command: on ? 'Typing' : 'CancelTyping' });
   }
 
+  /**
+   * Uploads a temporary media file (kept by WeChat for 3 days) and returns its `media_id`. WeChat
+   * reads the format from the part's filename; a file over {@link TEMP_MEDIA_LIMITS} is refused
+   * here with a MediaLimitError, without a call.
+   * https://developers.weixin.qq.com/doc/service/api/material/temporary/api_uploadtempmedia
+   */
+  async uploadTempMedia(type: TempMediaType, bytes: Uint8Array, filename: string, contentType: string): Promise<string> {
+    const path = 'cgi-bin/media/upload';
+    const limit = TEMP_MEDIA_LIMITS[type];
+    const ext = /\.([a-z0-9]+)$/i.exec(filename)?.[1]?.toLowerCase() ?? '';
+    if (!(limit.extensions as readonly string[]).includes(ext)) throw new MediaLimitError(`${type} must be ${limit.extensions.join('/')}, not "${ext}"`);
+    if (bytes.length > limit.maxBytes) throw new MediaLimitError(`${type} of ${bytes.length} bytes is over WeChat's ${limit.maxBytes}`);
+    const reply = await this.#withToken(path, (token) => {
+      const form = new FormData();
+      form.set('media', new Blob([bytes], { type: contentType }), filename);
+      return this.#http.post(path, { searchParams: { access_token: token, type }, body: form, timeout: { request: MEDIA_TIMEOUT_MS } }).json<WeChatReply>();
+    });
+    if (typeof reply.media_id !== 'string' || !reply.media_id) throw new WeChatApiError(-2, 'no media_id in the upload reply', path);
+    return reply.media_id;
+  }
+
+  /**
+   * Downloads a temporary media file (a follower's voice comes as AMR). WeChat answers an unknown
+   * or expired id with a JSON errcode (40007) instead of the bytes, so the body is checked.
+   * https://developers.weixin.qq.com/doc/service/api/material/temporary/api_getmedia
+   */
+  async downloadMedia(mediaId: string, maxBytes = MEDIA_DOWNLOAD_MAX_BYTES): Promise<WeChatMedia> {
+    const path = 'cgi-bin/media/get';
+    let media: WeChatMedia | undefined;
+    await this.#withToken(path, async (token) => {
+      const stream = this.#http.stream(path, { searchParams: { access_token: token, media_id: mediaId }, timeout: { request: MEDIA_TIMEOUT_MS } });
+      const { bytes, contentType } = await readCapped(stream, maxBytes);
+      const error = errorReply(bytes, contentType);
+      if (error) return error;
+      media = { bytes, contentType };
+      return { errcode: 0 };
+    });
+    return media!;
+  }
+
   /** POSTs JSON with the shared access token; refreshes an invalid token and retries once, backs off on -1. */
   async call(path: string, body: unknown): Promise<WeChatReply> {
+    return this.#withToken(path, (token) => this.#http.post(path, { searchParams: { access_token: token }, json: body }).json<WeChatReply>());
+  }
+
+  /** Runs `send` with the shared token: an invalid token is expired and fetched again once, -1 backs off. */
+  async #withToken(path: string, send: (token: string) => Promise<WeChatReply>): Promise<WeChatReply> {
     let refreshed = false;
     for (let busy = 0; ; ) {
       const token = await this.accessToken();
-      const reply = await this.#http.post(path, { searchParams: { access_token: token }, json: body }).json<WeChatReply>();
+      const reply = await send(token);
       const errcode = reply.errcode ?? 0;
       if (errcode === 0) return reply;
       if (TOKEN_INVALID.has(errcode) && !refreshed) {
@@ -118,5 +200,17 @@ export class WeChatApi {
     await this.#redis.set(this.#tokenKey, reply.access_token, 'EX', ttl);
     this.#log.info({ ttl }, 'access token fetched');
     return reply.access_token;
+  }
+}
+
+/** The errcode JSON WeChat sends in place of media bytes, if that is what `bytes` holds. */
+function errorReply(bytes: Buffer, contentType: string): WeChatReply | undefined {
+  const looksJson = /json|text\/plain/i.test(contentType) || bytes.subarray(0, 1).toString() === '{';
+  if (!looksJson || bytes.length > 4096) return undefined;
+  try {
+    const reply = JSON.parse(bytes.toString('utf8')) as WeChatReply;
+    return typeof reply.errcode === 'number' && reply.errcode !== 0 ? reply : undefined;
+  } catch {
+    return undefined;
   }
 }
