@@ -44,7 +44,7 @@ console.log(`${mode} mode, from ${values.from}, MsgId ${msgId}: ${JSON.stringify
 
 const result = await sim.deliver(sim.messageXml(values.from, { MsgType: 'text', Content: text, MsgId: msgId }), windowMs);
 for (const [i, a] of result.attempts.entries()) {
-  const what = a.status === 0 ? 'no answer in time (cut by WeChat)' : `HTTP ${a.status}${a.body && !a.reply ? ` ${JSON.stringify(a.body.slice(0, 80))}` : ''}`;
+  const what = a.status === 0 ? (a.error === 'timeout' ? 'no answer in time (cut by WeChat)' : `no answer (${a.error})`) : `HTTP ${a.status}${a.body && !a.reply ? ` ${JSON.stringify(a.body.slice(0, 80))}` : ''}`;
   console.log(`  t+${(a.startedAt / 1000).toFixed(2)}s attempt ${i + 1}: ${what} after ${(a.ms / 1000).toFixed(2)} s`);
 }
 const accepted = result.accepted;

@@ -32,6 +32,8 @@ export interface AttemptResult {
   /** The reply's fields, decrypted when the request was encrypted; undefined for `success`/empty. */
   reply: Record<string, string> | undefined;
   ms: number;
+  /** Why no HTTP answer came (status 0): `timeout`, or the network error's code. */
+  error?: string;
 }
 
 /**
@@ -90,8 +92,10 @@ export class WeChatSimulator {
       const text = await res.text();
       return { status: res.status, body: text, reply: this.openReply(text), ms: Date.now() - started };
     } catch (err) {
-      if ((err as Error).name === 'TimeoutError') return { status: 0, body: '', reply: undefined, ms: Date.now() - started };
-      throw err;
+      // Cut at WeChat's limit, or the connection died: for WeChat both are a failed attempt.
+      const cause = (err as { cause?: { code?: string; message?: string } }).cause;
+      const error = (err as Error).name === 'TimeoutError' ? 'timeout' : (cause?.code ?? cause?.message ?? (err as Error).message);
+      return { status: 0, body: '', reply: undefined, ms: Date.now() - started, error };
     }
   }
 
