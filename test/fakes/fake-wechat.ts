@@ -142,14 +142,16 @@ export class FakeWeChat {
       const media = this.#media.get(url.searchParams.get('media_id') ?? '');
       if (!media) {
         res.writeHead(200, { 'content-type': 'text/plain' });
-        return res.end(JSON.stringify({ errcode: 40007, errmsg: 'invalid media_id' }));
+        res.end(JSON.stringify({ errcode: 40007, errmsg: 'invalid media_id' }));
+        return;
       }
       res.writeHead(200, {
         'content-type': media.contentType,
         'content-disposition': `attachment; filename="${media.filename}"`,
         'content-length': media.size,
       });
-      return res.end(media.bytes);
+      res.end(media.bytes);
+      return;
     }
     res.writeHead(404);
     res.end();

@@ -14,6 +14,7 @@ import {
   type DifyFileInput,
   type InboundMessage,
   type Logger,
+  type Metrics,
   type Translate,
 } from '@wxdify/core';
 import { buildDifyRequest } from './dify-request.js';
@@ -26,6 +27,7 @@ export interface AskDifyDeps {
   difyFor: (account: AccountConfig) => DifyClient;
   /** The account's WeChat API: voice download, answer image upload (only with an AppSecret). */
   wechatFor: (account: AccountConfig) => WeChatApi;
+  metrics: Metrics;
 }
 
 interface AskContext {
@@ -59,7 +61,9 @@ export async function askDify(
   } catch (err) {
     if (signal?.aborted) throw err;
     if (err instanceof AppError && err.retryable && mayRetry) throw err;
-    log.error({ err, code: (err as AppError).code, status: (err as AppError).status }, 'dify failed; answering with an apology');
+    const code = err instanceof AppError ? err.code : 'internal';
+    deps.metrics.difyErrors.inc({ code });
+    log.error({ err, code, status: (err as AppError).status }, 'dify failed; answering with an apology');
     const timedOut = err instanceof AppError && err.code === 'dify_timeout';
     return [textPart(timedOut ? tr('difyTimeout') : tr('difyError'))];
   }
@@ -92,6 +96,8 @@ async function answer(ctx: AskContext, message: InboundMessage): Promise<AnswerP
       if (id !== conversation.id) await deps.conversations.save(account.id, message.fromUserName, conversation, id);
     },
   });
+  if (reply.firstEventMs !== undefined) deps.metrics.difyFirstEvent.observe(reply.firstEventMs / 1000);
+  deps.metrics.difyDuration.observe(reply.totalMs / 1000);
   return toParts(ctx, reply, wechat);
 }
 

@@ -1,6 +1,6 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import got, { type Got } from 'got';
-import { AppError, defineScript, redisKey, type AccountConfig, type Logger, type RedisClient } from '@wxdify/core';
+import { AppError, defineScript, redisKey, type AccountConfig, type Logger, type Metrics, type RedisClient } from '@wxdify/core';
 import { readCapped } from './read-capped.js';
 
 /** errcodes that mean "this access token is no longer good": expire it, refetch, retry once. */
@@ -73,11 +73,13 @@ export class WeChatApi {
   readonly #redis: RedisClient;
   readonly #account: AccountConfig;
   readonly #log: Logger;
+  readonly #metrics: Metrics | undefined;
   readonly #tokenKey: string;
   readonly #lockKey: string;
   readonly #expireIfSame;
 
-  constructor(opts: { account: AccountConfig; redis: RedisClient; prefix: string; logger: Logger }) {
+  constructor(opts: { account: AccountConfig; redis: RedisClient; prefix: string; logger: Logger; metrics?: Metrics }) {
+    this.#metrics = opts.metrics;
     this.#account = opts.account;
     this.#redis = opts.redis;
     this.#log = opts.logger;
@@ -155,6 +157,7 @@ export class WeChatApi {
       const reply = await send(token);
       const errcode = reply.errcode ?? 0;
       if (errcode === 0) return reply;
+      this.#metrics?.wechatApiErrors.inc({ errcode: String(errcode) });
       if (TOKEN_INVALID.has(errcode) && !refreshed) {
         refreshed = true;
         await this.#expireIfSame(this.#tokenKey, token);

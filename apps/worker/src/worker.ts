@@ -12,6 +12,7 @@ import {
   createDifyClient,
   createMetrics,
   createRedis,
+  isRedisReady,
   renderMetrics,
   type AccountConfig,
   type AnswerJobData,
@@ -48,6 +49,7 @@ export async function startWorker(
   const answerQueue = new Queue<AnswerJobData>(QUEUES.answer, { connection, prefix });
   const pushQueue = new Queue<PushJobData>(QUEUES.push, { connection, prefix });
   const store = new DeliveryStore(redis, prefix);
+  const metrics = opts.metrics ?? createMetrics('worker');
   const difyClients = new Map<string, DifyClient>();
   const apis = new Map<string, WeChatApi>();
   const difyFor = (account: AccountConfig) =>
@@ -64,9 +66,8 @@ export async function startWorker(
       }),
     );
   const wechatFor = (account: AccountConfig) =>
-    memo(apis, account.id, () => new WeChatApi({ account, redis, prefix, logger: logger.child({ account: account.id, component: 'wechat-api' }) }));
+    memo(apis, account.id, () => new WeChatApi({ account, redis, prefix, metrics, logger: logger.child({ account: account.id, component: 'wechat-api' }) }));
 
-  const metrics = opts.metrics ?? createMetrics('worker');
   const pushDeps = { config, logger, metrics, store, wechatFor, pushQueue, lock: new FollowerLock(redis, prefix) };
   const processors: ProcessorMap = {
     [QUEUES.answer]: {
@@ -79,6 +80,7 @@ export async function startWorker(
         pushQueue,
         difyFor,
         wechatFor,
+        metrics,
       }),
     },
     [QUEUES.push]: { [JOBS.push]: createPushProcessor(pushDeps), [JOBS.settle]: createSettleProcessor(pushDeps) },
@@ -94,10 +96,7 @@ export async function startWorker(
   }
 
   let shuttingDown = false;
-  const isReady = async () => {
-    if (shuttingDown || redis.status !== 'ready') return false;
-    return redis.ping().then(() => true, () => false);
-  };
+  const isReady = async () => !shuttingDown && (await isRedisReady(redis));
   const renderAll = () => renderMetrics(metrics, [answerQueue, pushQueue]);
   const server = opts.port === null ? undefined : await listenHealth(opts.port ?? config.port ?? 8081, opts.host ?? config.host, isReady, renderAll, metrics.registry.contentType);
   const url = server ? `http://127.0.0.1:${(server.address() as AddressInfo).port}` : undefined;
