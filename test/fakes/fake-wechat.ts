@@ -87,6 +87,12 @@ export class FakeWeChat {
     this.#failures.push({ path, errcode });
   }
 
+  /** Answers `errcode` to every call for which `rule` returns one (until `failWhen(undefined)`). */
+  failWhen(rule: ((call: WeChatCall) => number | undefined) | undefined): void {
+    this.#rule = rule;
+  }
+  #rule: ((call: WeChatCall) => number | undefined) | undefined;
+
   /** Makes `mediaId` downloadable from media/get (as a follower's voice or image would be). */
   addMedia(mediaId: string, bytes: Buffer, contentType: string, filename = mediaId): void {
     this.#media.set(mediaId, { mediaId, type: contentType.split('/')[0] ?? '', filename, contentType, size: bytes.length, bytes, at: Date.now() });
@@ -111,6 +117,8 @@ export class FakeWeChat {
       res.writeHead(200, { 'content-type': 'application/json' });
       res.end(JSON.stringify(obj));
     };
+    const ruled = this.#rule?.(call);
+    if (ruled !== undefined) return send({ errcode: ruled, errmsg: `scripted error ${ruled}` });
     const failIdx = this.#failures.findIndex((f) => f.path === url.pathname);
     if (failIdx >= 0) {
       const [f] = this.#failures.splice(failIdx, 1);

@@ -65,6 +65,12 @@ export function createMetrics(component: 'ingress' | 'worker') {
       labelNames: ['errcode'] as const,
       registers,
     }),
+    customServiceBlocked: new Gauge({
+      name: 'wxdify_custom_service_blocked',
+      help: 'Set to 1 when WeChat refused customer-service messages (48001) and the account fell back to the waiting mode',
+      labelNames: ['account'] as const,
+      registers,
+    }),
     queueJobs: new Gauge({
       name: 'wxdify_queue_jobs',
       help: 'Jobs per queue and state (global: every replica reports the same numbers; aggregate with max)',

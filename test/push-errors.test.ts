@@ -1,0 +1,107 @@
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { startFakeDify, type FakeDify } from './fakes/fake-dify.js';
+import { FakeWeChat } from './fakes/fake-wechat.js';
+import { startStack, testEnv, type Stack } from './helpers/stack.js';
+import { eventually, nextMsgId, slowQuery } from './helpers/wechat-timing.js';
+
+// Customer-service pushes against WeChat's errcodes; WeChat's window shrunk to 1 s.
+const WINDOW = 1000;
+const SEND = '/cgi-bin/message/custom/send';
+
+describe('customer-service pushes and WeChat errcodes', () => {
+  let dify: FakeDify;
+  let wechat: FakeWeChat;
+  let stack: Stack;
+
+  beforeAll(async () => {
+    dify = await startFakeDify({ mode: 'chat', pingIntervalMs: 200 });
+    wechat = await new FakeWeChat().start();
+    stack = await startStack(
+      testEnv({ dify, wechatUrl: wechat.url, overrides: { ENABLE_CUSTOM_MESSAGE: 'true', LANGUAGE: 'en_US', WECHAT_TIMEOUT_MS: String(WINDOW), REPLY_MARGIN_MS: '100' } }),
+      { workerPort: 0 },
+    );
+  });
+  afterAll(async () => {
+    await stack.close();
+    await Promise.all([dify.close(), wechat.close()]);
+  });
+  beforeEach(() => wechat.failWhen(undefined));
+
+  const late = (openId: string, text: string, delayMs = 2900) => {
+    const sim = stack.simulator('plain');
+    return sim.deliver(sim.messageXml(openId, { MsgType: 'text', Content: slowQuery(text, delayMs), MsgId: nextMsgId() }), WINDOW);
+  };
+  const sends = (openId: string) => wechat.calls.filter((c) => c.path === SEND && c.body.touser === openId);
+  const one = (openId: string) => {
+    const sim = stack.simulator('plain');
+    return sim.attempt(sim.messageXml(openId, { MsgType: 'text', Content: '1', MsgId: nextMsgId() }));
+  };
+
+  it('45015 (follower outside the 48 h window): the answer is dropped and logged, not retried', async () => {
+    const openId = 'o_gone_48h';
+    wechat.failWhen((c) => (c.path === SEND && c.body.touser === openId ? 45015 : undefined));
+    await late(openId, 'too late');
+    await eventually(() => sends(openId).length === 1, 6000);
+    await new Promise((r) => setTimeout(r, 1500));
+    expect(sends(openId)).toHaveLength(1);
+    expect(wechat.textsTo(openId)).toEqual([]);
+  });
+
+  it('-1 (system busy): backs off and retries, and the follower gets the answer once', async () => {
+    const openId = 'o_busy';
+    let busy = 2;
+    wechat.failWhen((c) => (c.path === SEND && c.body.touser === openId && busy-- > 0 ? -1 : undefined));
+    await late(openId, 'busy day');
+    await eventually(() => wechat.textsTo(openId).length === 1, 8000);
+    expect(wechat.textsTo(openId)).toEqual(['Echo: busy day']);
+    expect(sends(openId)).toHaveLength(3);
+  });
+
+  it('45047 (push allowance used up): parts pushed so far stay, the rest waits for the follower and comes with `1`', async () => {
+    const openId = 'o_quota';
+    const long = Array.from({ length: 5 }, (_, i) => `${i} ${'y'.repeat(1500)}`).join('\n\n');
+    dify.enqueue({ name: 'normal', answer: long, delayMs: 2900 });
+    let accepted = 0;
+    wechat.failWhen((c) => (c.path === SEND && c.body.touser === openId && ++accepted > 2 ? 45047 : undefined));
+    await late(openId, 'long story');
+    await eventually(() => sends(openId).length === 3, 8000);
+    await new Promise((r) => setTimeout(r, 300));
+    expect(wechat.textsTo(openId).map((t) => t.slice(0, 2))).toEqual(['0 ', '1 ']);
+    wechat.failWhen(undefined);
+    const next = await one(openId);
+    expect(next.reply?.Content?.slice(0, 2)).toBe('2 ');
+    // The `1` opened a new allowance: the last two parts follow as pushes, in order.
+    await eventually(() => wechat.textsTo(openId).length === 4, 5000);
+    expect(wechat.textsTo(openId).map((t) => t.slice(0, 2))).toEqual(['0 ', '1 ', '3 ', '4 ']);
+  });
+
+  it('a push job that fails mid-answer is retried from the part it stopped at: no part twice, in order', async () => {
+    const openId = 'o_resume';
+    const long = Array.from({ length: 3 }, (_, i) => `${i} ${'z'.repeat(1500)}`).join('\n\n');
+    dify.enqueue({ name: 'normal', answer: long, delayMs: 2900 });
+    let failures = 0;
+    // The second part fails with -1 more often than the client's own backoff absorbs: the job throws and BullMQ retries it.
+    wechat.failWhen((c) => (c.path === SEND && c.body.touser === openId && String((c.body.text as { content: string }).content).startsWith('1 ') && failures++ < 4 ? -1 : undefined));
+    await late(openId, 'resume me');
+    await eventually(() => wechat.textsTo(openId).length === 3, 15_000);
+    await new Promise((r) => setTimeout(r, 500));
+    expect(wechat.textsTo(openId).map((t) => t.slice(0, 2))).toEqual(['0 ', '1 ', '2 ']);
+  });
+
+  it('48001 (no customer-service permission): logged once, reported in metrics, and the account switches to the waiting mode', async () => {
+    const openId = 'o_no_permission';
+    wechat.failWhen((c) => (c.path === SEND ? 48001 : undefined));
+    const first = await late(openId, 'no permission');
+    expect(first.accepted?.reply?.Content).toMatch(/taking a while/i);
+    await eventually(() => sends(openId).length === 1, 6000);
+    // The answer is not lost: the follower's `1` fetches it.
+    await new Promise((r) => setTimeout(r, 200));
+    expect((await one(openId)).reply?.Content).toBe('Echo: no permission');
+    // The next late answer is handled in waiting mode from the start.
+    const second = await late('o_no_permission_2', 'waiting now');
+    expect(second.accepted?.reply?.Content).toMatch(/reply 1/i);
+    const metrics = await (await fetch(`${stack.workers[0]!.url}/metrics`)).text();
+    expect(metrics).toMatch(/wxdify_custom_service_blocked\{account="default",component="worker"\} 1/);
+    expect(metrics).toMatch(/wxdify_wechat_api_errors_total\{errcode="48001",component="worker"\} [1-9]/);
+  });
+});
