@@ -12,3 +12,4 @@ export * from './i18n/index.js';
 export * from './answer/index.js';
 export * from './account-messages.js';
 export * from './metrics.js';
+export * from './service.js';
