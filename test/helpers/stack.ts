@@ -40,9 +40,12 @@ export interface Stack {
 }
 
 /** Starts an ingress and `workers` worker instances in this process, on real Redis and real HTTP. */
-export async function startStack(env: Record<string, string>, opts: { workers?: number; workerPort?: number } = {}): Promise<Stack> {
+export async function startStack(
+  env: Record<string, string>,
+  opts: { workers?: number; workerPort?: number; logDestination?: NodeJS.WritableStream } = {},
+): Promise<Stack> {
   const config = loadConfig(env);
-  const logger = createLogger({ level: config.logLevel });
+  const logger = createLogger({ level: config.logLevel, ...(opts.logDestination ? { destination: opts.logDestination } : {}) });
   const ingress = await startIngress(config, logger.child({ svc: 'ingress' }), { port: 0, host: '127.0.0.1' });
   await ingress.ready();
   const workers: WorkerHandle[] = [];
