@@ -9,6 +9,7 @@ import {
   UserOrder,
   createMetrics,
   createRedis,
+  isRedisReady,
   type AnswerJobData,
   type Metrics,
   type PushJobData,
@@ -47,7 +48,7 @@ export async function startIngress(
   const waiter = new AnswerWaiter({ connection: blocking, prefix: config.queuePrefix, store, logger });
 
   let shuttingDown = false;
-  const isReady = async () => !shuttingDown && redis.status === 'ready' && (await ping(redis));
+  const isReady = async () => !shuttingDown && (await isRedisReady(redis));
   const app = createIngressApp({
     config,
     logger,
@@ -89,9 +90,4 @@ export async function startIngress(
       blocking.disconnect();
     },
   };
-}
-
-async function ping(redis: { ping(): Promise<string> }): Promise<boolean> {
-  const timeout = new Promise<boolean>((resolve) => setTimeout(resolve, 500, false).unref());
-  return Promise.race([redis.ping().then(() => true, () => false), timeout]);
 }

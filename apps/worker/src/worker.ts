@@ -48,6 +48,7 @@ export async function startWorker(
   const prefix = config.queuePrefix;
   const answerQueue = new Queue<AnswerJobData>(QUEUES.answer, { connection, prefix });
   const pushQueue = new Queue<PushJobData>(QUEUES.push, { connection, prefix });
+  for (const q of [answerQueue, pushQueue]) q.on('error', (err) => logger.warn({ err }, 'queue error'));
   const store = new DeliveryStore(redis, prefix);
   const metrics = opts.metrics ?? createMetrics('worker');
   const difyClients = new Map<string, DifyClient>();

@@ -3,6 +3,7 @@ import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { ConfigError } from './errors.js';
 import { LANGUAGES } from './i18n/index.js';
+import { hasHashTag, isClusterUrl } from './redis.js';
 
 /** Dify app types as configured (`auto` asks Dify's `GET /info`). */
 export const DIFY_APP_TYPES = ['chat', 'agent', 'chatflow', 'workflow', 'completion', 'auto'] as const;
@@ -111,6 +112,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
   const issues: string[] = [];
   const service = serviceSchema.safeParse(pick(env, SERVICE_ENV));
   if (!service.success) issues.push(...describe(service.error, (k) => SERVICE_ENV[k] ?? k));
+  else issues.push(...checkClusterPrefix(service.data));
 
   const accounts = new Map<string, AccountConfig>();
   for (const { raw, label } of readAccounts(env, issues)) {
@@ -124,6 +126,18 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
   }
   if (issues.length > 0 || !service.success) throw new ConfigError(issues);
   return Object.freeze({ ...service.data, accounts });
+}
+
+/**
+ * On a Redis Cluster, BullMQ's Lua scripts and ours touch several keys at once, so every key must
+ * hash to one slot: the prefix needs a hash tag (`{wxdify}`). Without one the first multi-key
+ * script fails with CROSSSLOT; refuse to start instead (stack.md §1.10).
+ */
+function checkClusterPrefix(service: { redisUrl?: string; queuePrefix: string }): string[] {
+  if (!service.redisUrl || !isClusterUrl(service.redisUrl) || hasHashTag(service.queuePrefix)) return [];
+  return [
+    `QUEUE_PREFIX: "${service.queuePrefix}" has no hash tag; REDIS_URL is a Redis Cluster, so use one such as {${service.queuePrefix.replace(/[{}]/g, '') || 'wxdify'}} to keep every key in one slot`,
+  ];
 }
 
 function readAccounts(env: Record<string, string | undefined>, issues: string[]) {

@@ -3,26 +3,85 @@ import { Cluster, Redis, type RedisOptions } from 'ioredis';
 /** A Redis client or a Redis Cluster client; both speak the commands we use. */
 export type RedisClient = Redis | Cluster;
 
+/** A producer command that has not answered by then means Redis is gone or stuck: fail the request, WeChat retries. */
+const PRODUCER_COMMAND_TIMEOUT_MS = 2000;
+/** Reconnect back-off: quick at first, then every 2 s for as long as Redis stays away (never give up). */
+const retryStrategy = (times: number) => Math.min(200 * times, 2000);
+
 /**
  * Opens a client for `url`. `redis+cluster://host:port` (or `?cluster=1`) seeds a Redis Cluster.
- * `blocking` clients (BullMQ workers, QueueEvents) must retry forever: `maxRetriesPerRequest: null`.
- * Producer clients fail fast so that a Redis outage turns into a quick answer, not a hang.
+ * `blocking` clients (BullMQ workers, QueueEvents) retry forever: `maxRetriesPerRequest: null`,
+ * commands queue while Redis is away and run when it returns.
+ * Producer clients fail fast so that a Redis outage turns into a quick answer, not a hang
+ * (stack.md §1.10): only the first connection attempt queues commands (so a client can be used
+ * right after it is created); from then on a command fails at once while Redis is away, and
+ * every command gives up after 2 s.
  */
 export function createRedis(url: string, opts: { blocking?: boolean; name?: string } = {}): RedisClient {
+  const blocking = opts.blocking ?? false;
   const options: RedisOptions = {
-    maxRetriesPerRequest: opts.blocking ? null : 1,
+    maxRetriesPerRequest: blocking ? null : 1,
     enableOfflineQueue: true,
+    commandTimeout: blocking ? undefined : PRODUCER_COMMAND_TIMEOUT_MS,
     connectionName: opts.name,
-    retryStrategy: (times) => Math.min(200 * times, 2000),
+    retryStrategy,
   };
-  const parsed = new URL(url.replace(/^redis\+cluster:/, 'redis:'));
-  if (url.startsWith('redis+cluster:') || parsed.searchParams.get('cluster') === '1') {
-    return new Cluster([{ host: parsed.hostname, port: Number(parsed.port || 6379) }], {
-      redisOptions: { ...options, password: decodeURIComponent(parsed.password) || undefined },
-      clusterRetryStrategy: (times) => Math.min(200 * times, 2000),
-    });
+  const client = isClusterUrl(url) ? createCluster(url, options) : new Redis(url.replace(/\?.*$/, ''), options);
+  // Outages show on /readyz and through BullMQ's `error` events, which the apps log. This listener
+  // only stops ioredis from printing "Unhandled error event" for a client nobody else listens to:
+  // the one QueueEvents and Workers duplicate, or any client once BullMQ has let go of it on close.
+  client.on('error', ignoreError);
+  if (!blocking) {
+    // ioredis reads the option on every command (a Cluster's node connections keep their own queue).
+    const failFast = () => (client.options.enableOfflineQueue = false);
+    client.once('ready', failFast);
+    client.once('reconnecting', failFast);
   }
-  return new Redis(url.replace(/\?.*$/, ''), options);
+  return client;
+}
+
+function createCluster(url: string, options: RedisOptions): Cluster {
+  const parsed = new URL(url.replace(/^redis\+cluster:/, 'redis:'));
+  return new Cluster([{ host: parsed.hostname, port: Number(parsed.port || 6379) }], {
+    redisOptions: { ...options, password: decodeURIComponent(parsed.password) || undefined },
+    clusterRetryStrategy: retryStrategy,
+  });
+}
+
+function ignoreError(): void {}
+
+/** True for the URLs `createRedis` opens as a Redis Cluster: `redis+cluster://…` or `…?cluster=1`. */
+export function isClusterUrl(url: string): boolean {
+  if (url.startsWith('redis+cluster:')) return true;
+  try {
+    return new URL(url).searchParams.get('cluster') === '1';
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * True when `prefix` carries a Redis Cluster hash tag: Redis hashes only the part between the
+ * first `{` and the next `}` when it is not empty, so every key under the prefix shares one slot
+ * (BullMQ's and ours run multi-key Lua). https://redis.io/docs/latest/operate/oss_and_stack/reference/cluster-spec/#hash-tags
+ */
+export function hasHashTag(prefix: string): boolean {
+  const open = prefix.indexOf('{');
+  if (open < 0) return false;
+  const close = prefix.indexOf('}', open + 1);
+  return close > open + 1;
+}
+
+/** Readiness: the client is connected and answers PING within `timeoutMs` (a stuck Redis is not ready either). */
+export async function isRedisReady(client: RedisClient, timeoutMs = 500): Promise<boolean> {
+  if (client.status !== 'ready') return false;
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<boolean>((resolve) => (timer = setTimeout(resolve, timeoutMs, false)));
+  try {
+    return await Promise.race([client.ping().then(() => true, () => false), timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 /** Builds a key under the service prefix; with a hash tag prefix (`{wxdify}`) all keys share a Cluster slot. */
