@@ -25,8 +25,8 @@ describe('a Redis outage under running processes', () => {
   let redis: RedisServer | undefined;
   const procs: ServiceProcess[] = [];
 
-  const start = async (kind: 'ingress' | 'worker', prefix: string) => {
-    const env = testEnv({ dify, overrides: { REDIS_URL: `redis://127.0.0.1:${port}`, QUEUE_PREFIX: prefix, LOG_LEVEL: 'warn' } });
+  const start = async (kind: 'ingress' | 'worker', prefix: string, extra: Record<string, string> = {}) => {
+    const env = testEnv({ dify, overrides: { REDIS_URL: `redis://127.0.0.1:${port}`, QUEUE_PREFIX: prefix, LOG_LEVEL: 'warn', ...extra } });
     const proc = await startProcess(kind, env);
     procs.push(proc);
     return proc;
@@ -129,6 +129,20 @@ describe('a Redis outage under running processes', () => {
     await expectQuickAnswer(sim, 'o_cold', 'and again');
     for (const proc of [ingress, worker]) expect(crashLines(proc.logs)).toEqual([]);
   });
+
+  it('stops on SIGTERM within its deadline even while Redis is down', async () => {
+    dir = mkdtempSync(join(tmpdir(), 'wxdify-outage-'));
+    port = await freePort();
+    const prefix = uniquePrefix();
+    const ingress = await start('ingress', prefix, { LOG_LEVEL: 'info' });
+    const worker = await start('worker', prefix, { SHUTDOWN_GRACE_MS: '1000' });
+    const started = Date.now();
+    const [ingressCode, workerCode] = await Promise.all([ingress.stop(), worker.stop()]);
+    // Ingress: WeChat's 5 s + 4 s; worker: SHUTDOWN_GRACE_MS (1 s here) + 10 s; both exit 0, not killed.
+    expect([ingressCode, workerCode]).toEqual([0, 0]);
+    expect(Date.now() - started).toBeLessThan(12_500);
+    expect(ingress.logs.some((l) => l.includes('exiting') || l.includes('"stopped"'))).toBe(true);
+  }, 30_000);
 });
 
 /**

@@ -92,7 +92,7 @@ describe('replicas on one Redis', () => {
   it('an ingress killed mid-wait leaves nothing behind: the next attempt, on the other replica, picks up', async () => {
     const doomed = await startProcess('ingress', env);
     procs.push(doomed);
-    const xml = simFor(doomed).messageXml('o_orphaned_wait', { MsgType: 'text', Content: slowQuery('after a crash', 1300), MsgId: nextMsgId() });
+    const xml = simFor(doomed).messageXml('o_orphaned_wait', { MsgType: 'text', Content: slowQuery('after a crash', 1000), MsgId: nextMsgId() });
     const attempt = simFor(doomed).attempt(xml, WINDOW);
     await new Promise((r) => setTimeout(r, 300));
     await doomed.kill();

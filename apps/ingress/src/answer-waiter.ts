@@ -1,6 +1,6 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { QueueEvents } from 'bullmq';
-import { QUEUES, type DeliveryStore, type Logger, type RedisClient, type SettleResult } from '@wxdify/core';
+import { QUEUES, throttledErrorLog, type DeliveryStore, type Logger, type RedisClient, type SettleResult } from '@wxdify/core';
 
 /** Re-checks Redis this often while waiting, in case a QueueEvents entry was missed (the stream is best-effort). */
 const SAFETY_POLL_MS = 1000;
@@ -24,7 +24,7 @@ export class AnswerWaiter {
     };
     this.#events.on('completed', wake);
     this.#events.on('failed', wake);
-    this.#events.on('error', (err) => opts.logger.warn({ err }, 'queue events error'));
+    this.#events.on('error', throttledErrorLog(opts.logger, 'queue events error'));
   }
 
   /** Resolves when the QueueEvents connection is up. */

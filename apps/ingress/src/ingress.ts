@@ -9,6 +9,7 @@ import {
   UserOrder,
   createMetrics,
   createRedis,
+  throttledErrorLog,
   isRedisReady,
   type AnswerJobData,
   type Metrics,
@@ -42,7 +43,7 @@ export async function startIngress(
   const blocking = createRedis(config.redisUrl, { blocking: true, name: 'ingress-events' });
   const queue = new Queue<AnswerJobData>(QUEUES.answer, { connection: redis as never, prefix: config.queuePrefix });
   const pushQueue = new Queue<PushJobData>(QUEUES.push, { connection: redis as never, prefix: config.queuePrefix });
-  for (const q of [queue, pushQueue]) q.on('error', (err) => logger.warn({ err }, 'queue error'));
+  for (const q of [queue, pushQueue]) q.on('error', throttledErrorLog(logger, `queue ${q.name} error`));
   const store = new DeliveryStore(redis, config.queuePrefix);
   // Not awaited: with Redis down the process still starts, /healthz answers and /readyz says 503.
   const waiter = new AnswerWaiter({ connection: blocking, prefix: config.queuePrefix, store, logger });

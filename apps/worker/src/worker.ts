@@ -12,6 +12,7 @@ import {
   createDifyClient,
   createMetrics,
   createRedis,
+  throttledErrorLog,
   isRedisReady,
   renderMetrics,
   type AccountConfig,
@@ -48,7 +49,7 @@ export async function startWorker(
   const prefix = config.queuePrefix;
   const answerQueue = new Queue<AnswerJobData>(QUEUES.answer, { connection, prefix });
   const pushQueue = new Queue<PushJobData>(QUEUES.push, { connection, prefix });
-  for (const q of [answerQueue, pushQueue]) q.on('error', (err) => logger.warn({ err }, 'queue error'));
+  for (const q of [answerQueue, pushQueue]) q.on('error', throttledErrorLog(logger, `queue ${q.name} error`));
   const store = new DeliveryStore(redis, prefix);
   const metrics = opts.metrics ?? createMetrics('worker');
   const difyClients = new Map<string, DifyClient>();
@@ -92,7 +93,7 @@ export async function startWorker(
     new Worker(QUEUES.push, dispatch(processors[QUEUES.push], QUEUES.push), { ...workerOpts, concurrency: 50 }),
   ];
   for (const w of workers) {
-    w.on('error', (err) => logger.error({ err }, 'worker error'));
+    w.on('error', throttledErrorLog(logger, `worker ${w.name} error`));
     w.on('failed', (job, err) => logger.warn({ jobId: job?.id, err: err.message, attempts: job?.attemptsMade }, 'job failed'));
   }
 

@@ -37,3 +37,22 @@ export function createLogger(opts: { level?: string; name?: string; destination?
   };
   return opts.destination ? pino(options, opts.destination as never) : pino(options);
 }
+
+/**
+ * A listener for the `error` events BullMQ and ioredis repeat many times a second while Redis is
+ * away: the first is logged, then at most one line per `intervalMs` with how many were skipped.
+ */
+export function throttledErrorLog(logger: Logger, msg: string, intervalMs = 10_000): (err: Error) => void {
+  let last = 0;
+  let skipped = 0;
+  return (err) => {
+    const now = Date.now();
+    if (now - last < intervalMs) {
+      skipped++;
+      return;
+    }
+    logger.warn({ err: err.message, skipped }, msg);
+    last = now;
+    skipped = 0;
+  };
+}

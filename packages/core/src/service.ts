@@ -10,6 +10,7 @@ import { createLogger, type Logger } from './logger.js';
 export async function runService(
   name: 'ingress' | 'worker',
   start: (config: Config, logger: Logger) => Promise<() => Promise<void>>,
+  stopDeadlineMs: (config: Config) => number,
 ): Promise<void> {
   const logger = createLogger({ level: process.env.LOG_LEVEL || 'info', name });
   let config: Config;
@@ -24,8 +25,12 @@ export async function runService(
   const stop = await start(config, logger);
   const shutdown = async (signal: string) => {
     logger.info({ signal }, 'shutting down');
-    await stop();
-    logger.info('stopped');
+    // BullMQ's close() waits for Redis; during an outage nothing is left to save, so do not hang.
+    const deadline = stopDeadlineMs(config);
+    const timer = new Promise<'late'>((resolve) => setTimeout(resolve, deadline, 'late').unref());
+    const result = await Promise.race([stop().then(() => 'stopped' as const), timer]);
+    if (result === 'late') logger.warn({ deadlineMs: deadline }, 'could not stop cleanly in time (is Redis down?); exiting');
+    else logger.info('stopped');
     logger.flush();
     process.exit(0);
   };
