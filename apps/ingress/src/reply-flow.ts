@@ -2,7 +2,7 @@ import type { Queue } from 'bullmq';
 import {
   ANSWER_JOB_OPTIONS,
   JOBS,
-  PUSH_JOB_OPTIONS,
+  enqueuePush,
   messageJobId,
   messagesFor,
   type AccountConfig,
@@ -81,6 +81,13 @@ export async function answerAttempt(
   return answerMessage(deps, account, message, arrivedAt, log, signal);
 }
 
+/** An answer job as seen from one follower's conversation. */
+interface AnswerRef {
+  account: AccountConfig;
+  openId: string;
+  jobId: string;
+}
+
 /** One of WeChat's attempts for a message that goes to Dify. */
 async function answerMessage(
   deps: ReplyFlowDeps,
@@ -90,41 +97,31 @@ async function answerMessage(
   log: Logger,
   signal?: AbortSignal,
 ): Promise<Outcome> {
-  const jobId = messageJobId(account.id, message);
-  const { attempt, firstAt, state } = await deps.store.recordAttempt(jobId, arrivedAt);
-  log.debug({ jobId, attempt }, 'attempt');
-  const outcome = await waitForAnswer(deps, account, message, jobId, attempt, firstAt, state, arrivedAt, signal);
+  const ref: AnswerRef = { account, openId: message.fromUserName, jobId: messageJobId(account.id, message) };
+  const { attempt, firstAt, state } = await deps.store.recordAttempt(ref.jobId, arrivedAt);
+  log.debug({ jobId: ref.jobId, attempt }, 'attempt');
+  // Adding is idempotent (the job id): a retry on any replica, or after a crash, attaches to the same job.
+  if (state === '') await enqueue(deps, account, message, ref.jobId, firstAt);
+  const deadline = attemptDeadline(deps.config, account, attempt, arrivedAt);
+  const outcome = await settleAttempt(deps, ref, attempt === LAST_ATTEMPT, deadline, signal);
   return { ...outcome, attempt, firstAt };
 }
 
-async function waitForAnswer(
-  deps: ReplyFlowDeps,
-  account: AccountConfig,
-  message: InboundMessage,
-  jobId: string,
-  attempt: number,
-  firstAt: number,
-  state: string,
-  arrivedAt: number,
-  signal?: AbortSignal,
-): Promise<Outcome> {
-  const tr = messagesFor(account);
-  // Adding is idempotent (the job id): a retry on any replica, or after a crash, attaches to the same job.
-  if (state === '') await enqueue(deps, account, message, jobId, firstAt);
-
-  const result = await deps.waiter.take(jobId, attemptDeadline(deps.config, account, attempt, arrivedAt), signal);
-  if (result.answer && result.state === 'passive') return deliver(deps, account, jobId, message.fromUserName, result);
+/** Waits for the answer until `deadline`; on the last attempt, takes it or hands it over in one atomic step. */
+async function settleAttempt(deps: ReplyFlowDeps, ref: AnswerRef, last: boolean, deadline: number, signal?: AbortSignal): Promise<Outcome> {
+  const tr = messagesFor(ref.account);
+  const result = await deps.waiter.take(ref.jobId, deadline, signal);
+  if (result.answer && result.state === 'passive') return deliver(deps, ref, result);
   if (result.state !== '') return { kind: 'success' };
-  if (attempt < LAST_ATTEMPT) return { kind: 'retry' };
+  if (!last) return { kind: 'retry' };
 
-  // The last attempt: take the answer if it arrived meanwhile, or hand it over, in one atomic step.
-  const handoff = (await pushesAllowed(deps, account)) ? 'push' : 'wait';
-  const last = await deps.store.settle(jobId, 'last', handoff);
-  if (last.answer && last.state === 'passive') return deliver(deps, account, jobId, message.fromUserName, last);
-  if (last.state === 'push') return textReply(tr('timeout'));
-  if (last.state === 'wait') {
-    await deps.store.setPending(account.id, message.fromUserName, jobId);
-    return textReply(tr('continueWaiting', { left: account.maxContinueCount }));
+  const handoff = (await pushesAllowed(deps, ref.account)) ? 'push' : 'wait';
+  const settled = await deps.store.settle(ref.jobId, 'last', handoff);
+  if (settled.answer && settled.state === 'passive') return deliver(deps, ref, settled);
+  if (settled.state === 'push') return textReply(tr('timeout'));
+  if (settled.state === 'wait') {
+    await deps.store.setPending(ref.account.id, ref.openId, ref.jobId);
+    return textReply(tr('continueWaiting', { left: ref.account.maxContinueCount }));
   }
   return { kind: 'success' };
 }
@@ -144,9 +141,9 @@ async function fetchPending(
   signal?: AbortSignal,
 ): Promise<Outcome | undefined> {
   const tr = messagesFor(account);
-  const openId = message.fromUserName;
+  const ref: AnswerRef = { account, openId: message.fromUserName, jobId };
   const { state } = await deps.store.peek(jobId);
-  if (state !== 'wait') return nextPart(deps, account, jobId, openId);
+  if (state !== 'wait') return nextPart(deps, ref);
 
   // WeChat retries this `1` too: only its first attempt counts against MAX_CONTINUE_COUNT.
   const { attempt } = await deps.store.recordAttempt(messageJobId(account.id, message), arrivedAt);
@@ -155,33 +152,28 @@ async function fetchPending(
   const deadline = waits ? arrivedAt + deps.config.wechatTimeoutMs - deps.config.replyMarginMs : arrivedAt;
   const result = await deps.waiter.take(jobId, deadline, signal, 'fetch');
   log.info({ jobId, count, state: result.state }, 'follower asked for the pending answer');
-  if (result.answer && result.state === 'fetched' && result.won) return deliver(deps, account, jobId, openId, result);
-  if (result.state === 'fetched') return nextPart(deps, account, jobId, openId);
+  if (result.answer && result.state === 'fetched' && result.won) return deliver(deps, ref, result);
+  if (result.state === 'fetched') return nextPart(deps, ref);
   const left = account.maxContinueCount - Math.min(count, account.maxContinueCount);
   return textReply(waits && left > 0 ? tr('continueWaiting', { left }) : tr('stillComing'));
 }
 
 /** Replies with the first part of a freshly taken answer; what follows is pushed or left for `1`. */
-async function deliver(deps: ReplyFlowDeps, account: AccountConfig, jobId: string, openId: string, result: SettleResult): Promise<Outcome> {
+async function deliver(deps: ReplyFlowDeps, ref: AnswerRef, result: SettleResult): Promise<Outcome> {
   const parts = result.answer!.parts;
   const path = result.state === 'fetched' ? 'fetched' : 'passive';
-  const first = parts[0] ?? { type: 'text', text: messagesFor(account)('difyError') };
+  const first = parts[0] ?? { type: 'text', text: messagesFor(ref.account)('difyError') };
   if (parts.length <= 1) return { kind: 'reply', part: first, path };
-  return { kind: 'reply', part: await handOverRest(deps, account, jobId, openId, first, parts.length - 1), path };
+  return { kind: 'reply', part: await handOverRest(deps, ref, first, parts.length - 1), path };
 }
 
 /** The next undelivered part of a long answer, for the follower's `1`. */
-async function nextPart(deps: ReplyFlowDeps, account: AccountConfig, jobId: string, openId: string): Promise<Outcome | undefined> {
-  const next = await deps.store.takeNextPart(jobId);
-  if (!next) {
-    await deps.store.clearPending(account.id, openId, jobId);
-    return undefined;
-  }
-  if (next.remaining === 0) {
-    await deps.store.clearPending(account.id, openId, jobId);
-    return { kind: 'reply', part: next.part, path: 'fetched' };
-  }
-  return { kind: 'reply', part: await handOverRest(deps, account, jobId, openId, next.part, next.remaining), path: 'fetched' };
+async function nextPart(deps: ReplyFlowDeps, ref: AnswerRef): Promise<Outcome | undefined> {
+  const next = await deps.store.takeNextPart(ref.jobId);
+  if (!next || next.remaining === 0) await deps.store.clearPending(ref.account.id, ref.openId, ref.jobId);
+  if (!next) return undefined;
+  const part = next.remaining === 0 ? next.part : await handOverRest(deps, ref, next.part, next.remaining);
+  return { kind: 'reply', part, path: 'fetched' };
 }
 
 /**
@@ -189,23 +181,15 @@ async function nextPart(deps: ReplyFlowDeps, account: AccountConfig, jobId: stri
  * stops at WeChat's allowance and leaves the rest for `1`); in waiting mode the follower is told
  * to send `1` for them.
  */
-async function handOverRest(
-  deps: ReplyFlowDeps,
-  account: AccountConfig,
-  jobId: string,
-  openId: string,
-  part: AnswerPart,
-  remaining: number,
-): Promise<AnswerPart> {
-  await deps.store.setPending(account.id, openId, jobId);
-  if (await pushesAllowed(deps, account)) {
-    const { next } = await deps.store.peek(jobId);
-    const data = { account: account.id, answerJobId: jobId, openId };
-    await deps.pushQueue.add(JOBS.push, data, { ...PUSH_JOB_OPTIONS, jobId: `push~${jobId}~${next}` });
+async function handOverRest(deps: ReplyFlowDeps, ref: AnswerRef, part: AnswerPart, remaining: number): Promise<AnswerPart> {
+  await deps.store.setPending(ref.account.id, ref.openId, ref.jobId);
+  if (await pushesAllowed(deps, ref.account)) {
+    const { next } = await deps.store.peek(ref.jobId);
+    await enqueuePush(deps.pushQueue, { account: ref.account.id, answerJobId: ref.jobId, openId: ref.openId }, next);
     return part;
   }
   if (part.type !== 'text') return part;
-  return { type: 'text', text: `${part.text}\n\n${messagesFor(account)('moreParts', { count: remaining })}` };
+  return { type: 'text', text: `${part.text}\n\n${messagesFor(ref.account)('moreParts', { count: remaining })}` };
 }
 
 /** How long one attempt may wait: the first uses WeChat's whole window, retries the configured share of it. */

@@ -1,4 +1,4 @@
-import type { JobsOptions } from 'bullmq';
+import type { JobsOptions, Queue } from 'bullmq';
 import type { InboundMessage } from './wechat/index.js';
 
 /**
@@ -90,4 +90,9 @@ export function messageJobId(account: string, message: InboundMessage): string {
     return `e~${account}~${message.fromUserName}~${message.createTime}~${encodeURIComponent(message.event)}~${key}`;
   }
   return `m~${account}~${message.fromUserName}~${message.msgId ?? message.createTime}`;
+}
+
+/** Queues the push of an answer's parts from `next` on; the job id makes a repeated hand-over a no-op. */
+export async function enqueuePush(queue: Queue<PushJobData>, data: PushJobData, next: number): Promise<void> {
+  await queue.add(JOBS.push, data, { ...PUSH_JOB_OPTIONS, jobId: `push~${data.answerJobId}~${next}` });
 }

@@ -1,6 +1,7 @@
 import { DelayedError, UnrecoverableError, type Job, type Queue } from 'bullmq';
 import {
   JOBS,
+  enqueuePush,
   PUSH_JOB_OPTIONS,
   type AccountConfig,
   type AnswerJobData,
@@ -13,7 +14,6 @@ import {
 } from '@wxdify/core';
 import { askDify, type AskDifyDeps } from '../ask-dify.js';
 import type { UserTurns } from '../user-turn.js';
-import { enqueuePush } from './push.js';
 import { startTyping } from '../typing.js';
 import type { WeChatApi } from '../wechat-api.js';
 

@@ -1,7 +1,6 @@
 import { UnrecoverableError, type Job, type Queue } from 'bullmq';
 import {
-  JOBS,
-  PUSH_JOB_OPTIONS,
+  enqueuePush,
   messagesFor,
   type AccountConfig,
   type AnswerPart,
@@ -80,11 +79,6 @@ export function createSettleProcessor(deps: PushProcessorDeps & { pushQueue: Que
     if (result.state === 'push') await enqueuePush(deps.pushQueue, job.data, 0);
     return { state: result.state };
   };
-}
-
-/** Queues the push of an answer's parts from `next` on; the id makes a repeated hand-over a no-op. */
-export async function enqueuePush(queue: Queue<PushJobData>, data: PushJobData, next: number): Promise<void> {
-  await queue.add(JOBS.push, data, { ...PUSH_JOB_OPTIONS, jobId: `push~${data.answerJobId}~${next}` });
 }
 
 async function send(deps: PushProcessorDeps, account: AccountConfig, openId: string, part: AnswerPart): Promise<PushOutcome> {

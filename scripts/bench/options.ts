@@ -1,0 +1,58 @@
+// The bench's knobs, from the environment; the defaults are the run the performance issue asks for.
+import { WECHAT_ATTEMPT_MS } from './load.js';
+
+export type Phase = 'paced' | 'slow' | 'fast' | 'baseline';
+
+/** Every knob of one bench run. */
+export interface BenchOptions {
+  /** Closed-loop followers of the fast path. */
+  followers: number;
+  /** Warm-up of the relay's fast path, and the floor of the queue's. */
+  warmupMs: number;
+  /**
+   * Warm-up of the queue's fast path. The worker schedules a `settle` job per answer for when
+   * WeChat's window is over (first attempt + 3 × 5 s + 1.5 s): the measuring window starts once
+   * those run at their steady rate, so that their cost is in it. The relay needs no such wait.
+   */
+  queueWarmupMs: number;
+  durationMs: number;
+  slowFollowers: number;
+  slowDelayMs: number;
+  /** The target is about 300 concurrent streams in one worker; WORKER_CONCURRENCY's default (200) would start 100 of them 6 s late. */
+  workerConcurrency: number;
+  pacedRate: number;
+  pacedMs: number;
+  pacedFollowers: number;
+  /** Longest wait for an earlier phase's jobs before the next phase; 0 does not wait. */
+  drainMaxMs: number;
+  phases: Set<Phase>;
+  /** --cpu-prof in the ingress, the worker and the relay; the profiles are kept. */
+  cpuProf: boolean;
+  /** Keep the temp dir (logs, AOF, slow.json). */
+  keep: boolean;
+}
+
+/** Reads BENCH_* (see scripts/bench.ts for the list). */
+export function readOptions(env: NodeJS.ProcessEnv): BenchOptions {
+  const num = (name: string, dflt: number, allowZero = false) => {
+    const v = Number(env[name] ?? dflt);
+    return Number.isFinite(v) && (v > 0 || (allowZero && v === 0)) ? v : dflt;
+  };
+  const warmupMs = num('BENCH_WARMUP_S', 2) * 1000;
+  return {
+    followers: Math.round(num('BENCH_FOLLOWERS', 32)),
+    warmupMs,
+    queueWarmupMs: num('BENCH_QUEUE_WARMUP_S', Math.max(warmupMs, 3 * WECHAT_ATTEMPT_MS + 2000) / 1000) * 1000,
+    durationMs: num('BENCH_DURATION_S', 15) * 1000,
+    slowFollowers: Math.round(num('BENCH_SLOW_FOLLOWERS', 300)),
+    slowDelayMs: Math.round(num('BENCH_SLOW_DELAY_MS', 6000)),
+    workerConcurrency: Math.round(num('BENCH_WORKER_CONCURRENCY', 300)),
+    pacedRate: num('BENCH_PACED_RATE', 100),
+    pacedMs: num('BENCH_PACED_S', 8) * 1000,
+    pacedFollowers: Math.round(num('BENCH_PACED_FOLLOWERS', 64)),
+    drainMaxMs: num('BENCH_DRAIN_MAX_S', 30, true) * 1000,
+    phases: new Set((env.BENCH_PHASES ?? 'paced,slow,fast,baseline').split(',').map((s) => s.trim() as Phase)),
+    cpuProf: env.BENCH_CPU_PROF === '1',
+    keep: env.BENCH_KEEP === '1',
+  };
+}

@@ -1,0 +1,45 @@
+import { spawn } from 'node:child_process';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { describe, expect, it } from 'vitest';
+
+const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
+
+/** Runs `npm run bench`'s script with tiny numbers; the real run takes about a minute. */
+function runBench(env: Record<string, string>): Promise<{ code: number | null; out: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, ['--import', 'tsx', join(ROOT, 'scripts/bench.ts')], {
+      cwd: ROOT,
+      env: { ...process.env, ...env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let out = '';
+    child.stdout.on('data', (c: Buffer) => { out += c.toString(); });
+    child.stderr.on('data', (c: Buffer) => { out += c.toString(); });
+    child.on('exit', (code) => resolve({ code, out }));
+  });
+}
+
+describe('npm run bench', () => {
+  it('measures the queue and the relay and prints the table', async () => {
+    const { code, out } = await runBench({
+      BENCH_FOLLOWERS: '2',
+      BENCH_WARMUP_S: '0.3',
+      BENCH_QUEUE_WARMUP_S: '0.3',
+      BENCH_DURATION_S: '1',
+      BENCH_SLOW_FOLLOWERS: '3',
+      BENCH_SLOW_DELAY_MS: '300',
+      BENCH_PACED_S: '0.5',
+      BENCH_PACED_RATE: '20',
+      BENCH_DRAIN_MAX_S: '0',
+    });
+    expect(code, out).toBe(0);
+    expect(out).not.toMatch(/^error:/m);
+    const rate = /^\| fast: messages\/s\s*\|\s*(\d+)\s*\|\s*(\d+)/m.exec(out);
+    expect(rate, out).not.toBeNull();
+    expect(Number(rate![1])).toBeGreaterThan(0);
+    expect(Number(rate![2])).toBeGreaterThan(0);
+    expect(out).toMatch(/^\| slow: answers delivered\s*\| 3\/3 /m);
+    expect(out).toMatch(/^\| cost: Redis commands\/message\s*\|\s*\d/m);
+  }, 60_000);
+});
