@@ -5,6 +5,8 @@ import type { StoredAnswer } from '../packages/core/src/queue.js';
 import { uniquePrefix } from './helpers/prefix.js';
 
 const answer = (text: string): StoredAnswer => ({ parts: [{ type: 'text', text }], readyAt: Date.now() });
+const follower = { account: 'acc', openId: 'o_user', queued: true };
+const finish = { account: 'acc', openId: 'o_user', dueAfterMs: 16_500 };
 
 describe('DeliveryStore', () => {
   let redis: Redis;
@@ -17,14 +19,16 @@ describe('DeliveryStore', () => {
   afterAll(() => redis.quit());
 
   it('counts attempts and keeps the first arrival time', async () => {
-    const a = await store.recordAttempt('job-a', 1000);
-    const b = await store.recordAttempt('job-a', 6000);
+    const a = await store.recordAttempt('job-a', follower, 1000);
+    const b = await store.recordAttempt('job-a', follower, 6000);
     expect(a).toEqual({ attempt: 1, firstAt: 1000, state: '' });
     expect(b).toEqual({ attempt: 2, firstAt: 1000, state: '' });
+    // The message took its place in its follower's line at its first arrival, once.
+    expect(await redis.zrange(store.orderKey('acc', 'o_user'), 0, -1, 'WITHSCORES')).toEqual(['job-a', '1000']);
   });
 
   it('lets an open attempt take a stored answer, and a retry repeat it', async () => {
-    expect(await store.saveAnswer('job-b', answer('hi'))).toBe('');
+    expect(await store.saveAnswer('job-b', answer('hi'), finish)).toMatchObject({ state: '' });
     const first = await store.settle('job-b', 'take');
     expect(first).toMatchObject({ state: 'passive', won: true, answer: { parts: [{ text: 'hi' }] } });
     const again = await store.settle('job-b', 'take');
@@ -34,7 +38,7 @@ describe('DeliveryStore', () => {
   it('hands over to push at the last deadline when no answer exists, and the worker then pushes', async () => {
     const last = await store.settle('job-c', 'last', 'push');
     expect(last).toMatchObject({ state: 'push', won: true, answer: undefined });
-    expect(await store.saveAnswer('job-c', answer('late'))).toBe('push');
+    expect(await store.saveAnswer('job-c', answer('late'), finish)).toMatchObject({ state: 'push' });
     // A straggling attempt no longer takes it passively.
     expect((await store.settle('job-c', 'take')).state).toBe('push');
   });
@@ -42,13 +46,24 @@ describe('DeliveryStore', () => {
   it('lets `1` fetch an answer that waits for it, once', async () => {
     await store.settle('job-d', 'last', 'wait');
     expect(await store.settle('job-d', 'fetch')).toMatchObject({ state: 'wait', answer: undefined, won: false });
-    await store.saveAnswer('job-d', answer('for 1'));
+    await store.saveAnswer('job-d', answer('for 1'), finish);
     expect(await store.settle('job-d', 'fetch')).toMatchObject({ state: 'fetched', won: true });
     expect(await store.settle('job-d', 'fetch')).toMatchObject({ state: 'fetched', won: false });
   });
 
-  it('a late settle job does not override an answer already delivered passively', async () => {
-    await store.saveAnswer('job-e', answer('x'));
+  it('puts an answer no attempt took in the due set, and takes it out when an attempt takes it', async () => {
+    await store.recordAttempt('job-f', follower, 5000);
+    await store.saveAnswer('job-f', answer('due'), finish);
+    expect(await redis.zscore(store.dueKey, 'job-f')).toBe(String(5000 + 16_500));
+    expect(await store.dueAnswers(5000 + 16_500)).toEqual([{ jobId: 'job-f', account: 'acc', openId: 'o_user' }]);
+    await store.settle('job-f', 'take');
+    expect(await redis.zscore(store.dueKey, 'job-f')).toBeNull();
+    // Storing the answer ended the job's turn in its follower's line.
+    expect(await redis.zscore(store.orderKey('acc', 'o_user'), 'job-f')).toBeNull();
+  });
+
+  it('a late hand-over does not override an answer already delivered passively', async () => {
+    await store.saveAnswer('job-e', answer('x'), finish);
     await store.settle('job-e', 'take');
     expect(await store.settle('job-e', 'handoff', 'push')).toMatchObject({ state: 'passive', won: false });
   });
@@ -64,7 +79,7 @@ describe('DeliveryStore', () => {
       const id = `race-${mode}-${i}`;
       const [last, finished] = await Promise.all([
         jitter().then(() => store.settle(id, 'last', mode)),
-        jitter().then(() => worker.saveAnswer(id, answer(`a${i}`))),
+        jitter().then(() => worker.saveAnswer(id, answer(`a${i}`), finish).then((r) => r.state)),
       ]);
       const passive = last.state === 'passive' && last.answer !== undefined;
       const handedOver = last.state === mode && finished === mode;

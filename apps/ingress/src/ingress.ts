@@ -6,7 +6,6 @@ import {
   ConversationStore,
   DeliveryStore,
   QUEUES,
-  UserOrder,
   createMetrics,
   createRedis,
   throttledErrorLog,
@@ -23,7 +22,7 @@ import { createIngressApp } from './app.js';
 export interface IngressHandle {
   server: Server;
   url: string;
-  /** Resolves once the shared QueueEvents connection is up. */
+  /** Resolves once the answers subscription is in place. */
   ready(): Promise<void>;
   /**
    * Turns /readyz to 503, keeps serving for `drainDelayMs` (load balancers notice), stops
@@ -40,13 +39,14 @@ export async function startIngress(
 ): Promise<IngressHandle> {
   if (!config.redisUrl) throw new Error('REDIS_URL is required');
   const redis = createRedis(config.redisUrl, { name: 'ingress' });
-  const blocking = createRedis(config.redisUrl, { blocking: true, name: 'ingress-events' });
+  // Subscribed to the answers channel: a connection of its own, retrying forever.
+  const subscriber = createRedis(config.redisUrl, { blocking: true, name: 'ingress-answers' });
   const queue = new Queue<AnswerJobData>(QUEUES.answer, { connection: redis as never, prefix: config.queuePrefix });
   const pushQueue = new Queue<PushJobData>(QUEUES.push, { connection: redis as never, prefix: config.queuePrefix });
   for (const q of [queue, pushQueue]) q.on('error', throttledErrorLog(logger, `queue ${q.name} error`));
   const store = new DeliveryStore(redis, config.queuePrefix);
   // Not awaited: with Redis down the process still starts, /healthz answers and /readyz says 503.
-  const waiter = new AnswerWaiter({ connection: blocking, prefix: config.queuePrefix, store, logger });
+  const waiter = new AnswerWaiter({ subscriber, store, logger });
 
   let shuttingDown = false;
   const isReady = async () => !shuttingDown && (await isRedisReady(redis));
@@ -59,7 +59,6 @@ export async function startIngress(
     store,
     waiter,
     conversations: new ConversationStore(redis, config.queuePrefix),
-    order: new UserOrder(redis, config.queuePrefix),
     isReady,
   });
   const server = createServer({ requestTimeout: 15_000, headersTimeout: 10_000, keepAliveTimeout: 65_000 }, app.callback());
@@ -88,7 +87,7 @@ export async function startIngress(
       await queue.close();
       await pushQueue.close();
       redis.disconnect();
-      blocking.disconnect();
+      subscriber.disconnect();
     },
   };
 }

@@ -15,9 +15,8 @@ import {
   type Logger,
   type PushJobData,
   type SettleResult,
-  type UserOrder,
 } from '@wxdify/core';
-import type { AnswerWaiter } from './answer-waiter.js';
+import type { AnswerWaiter, TakeOptions } from './answer-waiter.js';
 
 /** What the ingress answers WeChat: a passive reply, `success`, or a failure that makes WeChat retry. */
 export type Outcome = (
@@ -37,7 +36,6 @@ export interface ReplyFlowDeps {
   pushQueue: Queue<PushJobData>;
   store: DeliveryStore;
   conversations: ConversationStore;
-  order: UserOrder;
   waiter: AnswerWaiter;
 }
 
@@ -61,14 +59,15 @@ export async function answerAttempt(
 ): Promise<Outcome> {
   const tr = messagesFor(account);
   if (message.kind === 'event' && SILENT_EVENTS.has(message.event)) return { kind: 'success' };
-  // Every follower message opens a fresh allowance of customer-service pushes.
-  await deps.store.resetPushQuota(account.id, message.fromUserName);
   if (isClearCommand(message)) {
+    // Every follower message opens a fresh allowance of customer-service pushes (attempts do it in their script).
+    await deps.store.resetPushQuota(account.id, message.fromUserName);
     await deps.conversations.clear(account.id, message.fromUserName);
     log.info('conversation cleared');
     return textReply(tr('cleared'));
   }
   if (message.kind === 'event' && message.event === 'subscribe' && account.welcomeMessage) {
+    await deps.store.resetPushQuota(account.id, message.fromUserName);
     return textReply(account.welcomeMessage);
   }
   if (isContinueCommand(message)) {
@@ -98,19 +97,23 @@ async function answerMessage(
   signal?: AbortSignal,
 ): Promise<Outcome> {
   const ref: AnswerRef = { account, openId: message.fromUserName, jobId: messageJobId(account.id, message) };
-  const { attempt, firstAt, state } = await deps.store.recordAttempt(ref.jobId, arrivedAt);
+  const follower = { account: account.id, openId: ref.openId, queued: true };
+  const { attempt, firstAt, state } = await deps.store.recordAttempt(ref.jobId, follower, arrivedAt);
   log.debug({ jobId: ref.jobId, attempt }, 'attempt');
-  // Adding is idempotent (the job id): a retry on any replica, or after a crash, attaches to the same job.
-  if (state === '') await enqueue(deps, account, message, ref.jobId, firstAt);
   const deadline = attemptDeadline(deps.config, account, attempt, arrivedAt);
-  const outcome = await settleAttempt(deps, ref, attempt === LAST_ATTEMPT, deadline, signal);
+  const outcome = await settleAttempt(deps, ref, attempt === LAST_ATTEMPT, deadline, {
+    signal,
+    // Adding is idempotent (the job id): a retry on any replica, or after a crash, attaches to the same job.
+    onRegistered: state === '' ? () => enqueue(deps, account, message, ref.jobId, firstAt) : undefined,
+    fresh: attempt === 1,
+  });
   return { ...outcome, attempt, firstAt };
 }
 
 /** Waits for the answer until `deadline`; on the last attempt, takes it or hands it over in one atomic step. */
-async function settleAttempt(deps: ReplyFlowDeps, ref: AnswerRef, last: boolean, deadline: number, signal?: AbortSignal): Promise<Outcome> {
+async function settleAttempt(deps: ReplyFlowDeps, ref: AnswerRef, last: boolean, deadline: number, opts: TakeOptions): Promise<Outcome> {
   const tr = messagesFor(ref.account);
-  const result = await deps.waiter.take(ref.jobId, deadline, signal);
+  const result = await deps.waiter.take(ref.jobId, deadline, opts);
   if (result.answer && result.state === 'passive') return deliver(deps, ref, result);
   if (result.state !== '') return { kind: 'success' };
   if (!last) return { kind: 'retry' };
@@ -142,15 +145,17 @@ async function fetchPending(
 ): Promise<Outcome | undefined> {
   const tr = messagesFor(account);
   const ref: AnswerRef = { account, openId: message.fromUserName, jobId };
+  // Recorded like an attempt: it opens a fresh push allowance, and WeChat's retries of this `1`
+  // count only once against MAX_CONTINUE_COUNT.
+  const follower = { account: account.id, openId: ref.openId, queued: false };
+  const { attempt } = await deps.store.recordAttempt(messageJobId(account.id, message), follower, arrivedAt);
   const { state } = await deps.store.peek(jobId);
   if (state !== 'wait') return nextPart(deps, ref);
 
-  // WeChat retries this `1` too: only its first attempt counts against MAX_CONTINUE_COUNT.
-  const { attempt } = await deps.store.recordAttempt(messageJobId(account.id, message), arrivedAt);
   const count = attempt === 1 ? await deps.store.countContinue(jobId) : Number.MAX_SAFE_INTEGER;
   const waits = count <= account.maxContinueCount;
   const deadline = waits ? arrivedAt + deps.config.wechatTimeoutMs - deps.config.replyMarginMs : arrivedAt;
-  const result = await deps.waiter.take(jobId, deadline, signal, 'fetch');
+  const result = await deps.waiter.take(jobId, deadline, { signal, mode: 'fetch' });
   log.info({ jobId, count, state: result.state }, 'follower asked for the pending answer');
   if (result.answer && result.state === 'fetched' && result.won) return deliver(deps, ref, result);
   if (result.state === 'fetched') return nextPart(deps, ref);
@@ -200,7 +205,6 @@ export function attemptDeadline(config: Config, account: AccountConfig, attempt:
 }
 
 async function enqueue(deps: ReplyFlowDeps, account: AccountConfig, message: InboundMessage, jobId: string, firstAt: number) {
-  await deps.order.enqueue(account.id, message.fromUserName, jobId, firstAt);
   await deps.queue.add(JOBS.answer, { account: account.id, message, receivedAt: firstAt }, { ...ANSWER_JOB_OPTIONS, jobId });
 }
 

@@ -6,7 +6,7 @@ type Processor = (job: Job, token?: string, signal?: AbortSignal) => Promise<unk
 /** Job name → processor for each queue; the compiler checks every declared job has one. */
 export type ProcessorMap = {
   [QUEUES.answer]: { [JOBS.answer]: Processor };
-  [QUEUES.push]: { [JOBS.settle]: Processor; [JOBS.push]: Processor };
+  [QUEUES.push]: { [JOBS.push]: Processor };
 };
 
 /** Routes a job to its processor by name; an unknown name is a bug, not a retry. */

@@ -1,5 +1,5 @@
 import { DelayedError, type Job, type Queue } from 'bullmq';
-import type { AnswerJobData, UserOrder } from '@wxdify/core';
+import type { AnswerJobData, DeliveryStore } from '@wxdify/core';
 
 /** A job that is not its follower's turn sleeps this long unless the job before it promotes it sooner. */
 const TURN_RETRY_MS = 5000;
@@ -8,36 +8,35 @@ const ORPHAN_HEAD_MS = 30_000;
 
 /**
  * One conversation per follower, in order (DESIGN 4): a job runs only when it heads its follower's
- * line; otherwise it goes back to `delayed` and is promoted by the job before it when that one ends.
- * Other followers' jobs keep running meanwhile.
+ * line (a sorted set by first arrival, written by the ingress); otherwise it goes back to `delayed`
+ * and is promoted by the job before it when that one ends. Other followers' jobs keep running.
  */
 export class UserTurns {
-  readonly #order: UserOrder;
+  readonly #store: DeliveryStore;
   readonly #queue: Queue<AnswerJobData>;
 
-  constructor(order: UserOrder, queue: Queue<AnswerJobData>) {
-    this.#order = order;
+  constructor(store: DeliveryStore, queue: Queue<AnswerJobData>) {
+    this.#store = store;
     this.#queue = queue;
   }
 
   /** Returns when it is `job`'s turn; otherwise parks the job and throws DelayedError (BullMQ's "not now"). */
   async acquire(job: Job<AnswerJobData>, token: string | undefined): Promise<void> {
     const { account, message } = job.data;
+    const openId = message.fromUserName;
     for (let i = 0; i < 10; i++) {
-      const head = await this.#order.head(account, message.fromUserName);
+      const head = await this.#store.lineHead(account, openId);
       if (head === undefined || head === job.id) return;
-      if ((await this.#order.arrivedAt(account, message.fromUserName, job.id!)) === undefined) return;
-      if (!(await this.#isOver(account, message.fromUserName, head))) break;
-      await this.#order.release(account, message.fromUserName, head);
+      if ((await this.#store.arrivedAt(account, openId, job.id!)) === undefined) return;
+      if (!(await this.#isOver(account, openId, head))) break;
+      await this.#store.leaveLine(account, openId, head);
     }
     await job.moveToDelayed(Date.now() + TURN_RETRY_MS, token);
     throw new DelayedError();
   }
 
-  /** Ends `job`'s turn and wakes the next job of the same follower at once. */
-  async release(job: Job<AnswerJobData>): Promise<void> {
-    const { account, message } = job.data;
-    const next = await this.#order.release(account, message.fromUserName, job.id!);
+  /** Wakes the next job in a follower's line at once (its turn came when the previous one stored its answer). */
+  async wake(next: string | undefined): Promise<void> {
     if (next === undefined) return;
     const nextJob = await this.#queue.getJob(next);
     if (nextJob && (await nextJob.isDelayed())) await nextJob.promote().catch(() => undefined);
@@ -48,7 +47,7 @@ export class UserTurns {
     if (state === 'completed' || state === 'failed') return true;
     if (state !== 'unknown') return false;
     // Still not a job long after it took its place in line: the ingress died between the two writes.
-    const arrivedAt = await this.#order.arrivedAt(account, openId, jobId);
+    const arrivedAt = await this.#store.arrivedAt(account, openId, jobId);
     return arrivedAt === undefined || arrivedAt < Date.now() - ORPHAN_HEAD_MS;
   }
 }

@@ -8,7 +8,6 @@ import {
   DeliveryStore,
   JOBS,
   QUEUES,
-  UserOrder,
   createDifyClient,
   createMetrics,
   createRedis,
@@ -25,7 +24,8 @@ import {
 } from '@wxdify/core';
 import { dispatch, type ProcessorMap } from './processors.js';
 import { createAnswerProcessor } from './processors/answer.js';
-import { createPushProcessor, createSettleProcessor } from './processors/push.js';
+import { createPushProcessor } from './processors/push.js';
+import { startDueSweeper } from './due-sweeper.js';
 import { FollowerLock } from './follower-lock.js';
 import { UserTurns } from './user-turn.js';
 import { WeChatApi } from './wechat-api.js';
@@ -78,16 +78,17 @@ export async function startWorker(
         logger,
         store,
         conversations: new ConversationStore(redis, prefix),
-        turns: new UserTurns(new UserOrder(redis, prefix), answerQueue),
+        turns: new UserTurns(store, answerQueue),
         pushQueue,
         difyFor,
         wechatFor,
         metrics,
       }),
     },
-    [QUEUES.push]: { [JOBS.push]: createPushProcessor(pushDeps), [JOBS.settle]: createSettleProcessor(pushDeps) },
+    [QUEUES.push]: { [JOBS.push]: createPushProcessor(pushDeps) },
   };
   const workerOpts = { connection, prefix, lockDuration: 15_000, stalledInterval: 10_000, maxStalledCount: 1 };
+  const sweeper = startDueSweeper({ config, store, pushQueue, logger });
   const workers = [
     new Worker(QUEUES.answer, dispatch(processors[QUEUES.answer], QUEUES.answer), { ...workerOpts, concurrency: config.workerConcurrency }),
     new Worker(QUEUES.push, dispatch(processors[QUEUES.push], QUEUES.push), { ...workerOpts, concurrency: 50 }),
@@ -110,6 +111,7 @@ export async function startWorker(
     async close(graceMs = 30_000) {
       shuttingDown = true;
       const cancel = setTimeout(() => workers.forEach((w) => w.cancelAllJobs('shutdown')), graceMs);
+      await sweeper.stop();
       await Promise.all(workers.map((w) => w.close()));
       clearTimeout(cancel);
       await answerQueue.close();

@@ -34,38 +34,55 @@ export const PUSHES_PER_MESSAGE = 5;
 /** Keeps delivery state for 48 h: WeChat's customer-service window, and how long a `1` can fetch. */
 export const DELIVERY_TTL_S = 48 * 3600;
 
+// KEYS: message hash, the follower's line (sorted set), the follower's push allowance.
+// ARGV: now, ttl, job id, allowance, '1' when the message goes to Dify (takes a place in line).
+// A follower message opens a fresh push allowance; its first arrival fixes its place in line.
 const ATTEMPT_LUA = `
 redis.call('HSETNX', KEYS[1], 'first', ARGV[1])
 local n = redis.call('HINCRBY', KEYS[1], 'att', 1)
 redis.call('EXPIRE', KEYS[1], ARGV[2])
-return {n, redis.call('HGET', KEYS[1], 'first'), redis.call('HGET', KEYS[1], 'state') or ''}
+local first = redis.call('HGET', KEYS[1], 'first')
+local st = redis.call('HGET', KEYS[1], 'state') or ''
+if ARGV[5] == '1' and st == '' and redis.call('HEXISTS', KEYS[1], 'ans') == 0 then
+  redis.call('ZADD', KEYS[2], 'NX', first, ARGV[3])
+  redis.call('EXPIRE', KEYS[2], 86400)
+end
+redis.call('SET', KEYS[3], ARGV[4], 'EX', ARGV[2])
+return {n, first, st}
 `;
 
 // take:    an attempt is open; take the answer if it exists.
 // last:    the last attempt's deadline; take the answer, or hand over to ARGV[2] (push|wait).
 // handoff: WeChat's window is over and nobody took it; hand over to ARGV[2].
 // fetch:   the follower sent `1`; take the answer if it exists and is not delivered yet.
+// KEYS: message hash, the due set of answers no attempt took yet (see FINISH_LUA).
+// ARGV: mode, hand-over state (push|wait), job id.
 const SETTLE_LUA = `
 local st = redis.call('HGET', KEYS[1], 'state') or ''
 local ans = redis.call('HGET', KEYS[1], 'ans')
 local mode = ARGV[1]
+local function move(to, next)
+  redis.call('HSET', KEYS[1], 'state', to)
+  if next then redis.call('HSET', KEYS[1], 'next', next) end
+  redis.call('ZREM', KEYS[2], ARGV[3])
+end
 if st == '' then
   if ans and (mode == 'take' or mode == 'last') then
-    redis.call('HSET', KEYS[1], 'state', 'passive', 'next', 1)
+    move('passive', 1)
     return {'passive', ans, 1}
   end
   if ans and mode == 'fetch' then
-    redis.call('HSET', KEYS[1], 'state', 'fetched', 'next', 1)
+    move('fetched', 1)
     return {'fetched', ans, 1}
   end
   if mode == 'last' or mode == 'handoff' then
-    redis.call('HSET', KEYS[1], 'state', ARGV[2])
+    move(ARGV[2], false)
     return {ARGV[2], ans or '', 1}
   end
   return {'', '', 0}
 end
 if st == 'wait' and ans and mode == 'fetch' then
-  redis.call('HSET', KEYS[1], 'state', 'fetched', 'next', 1)
+  move('fetched', 1)
   return {'fetched', ans, 1}
 end
 return {st, ans or '', 0}
@@ -82,10 +99,24 @@ redis.call('HSET', KEYS[1], 'next', n + 1)
 return {n, cjson.encode(parts[n + 1]), #parts - n - 1}
 `;
 
+// KEYS: message hash, the follower's line, the due set.
+// ARGV: answer JSON, ttl, job id, account, OpenID, ms after the first arrival when WeChat's last
+//       attempt must be over, now, the channel that wakes waiting attempts.
+// Stores the answer, ends the job's turn (returning the next job in line), and, when no attempt
+// has taken or handed over the answer yet, puts it in the due set: a worker's sweep hands it over
+// once WeChat's window is over. Then wakes the attempts that wait for it.
 const FINISH_LUA = `
-redis.call('HSET', KEYS[1], 'ans', ARGV[1])
+redis.call('HSET', KEYS[1], 'ans', ARGV[1], 'acct', ARGV[4], 'uid', ARGV[5])
 redis.call('EXPIRE', KEYS[1], ARGV[2])
-return redis.call('HGET', KEYS[1], 'state') or ''
+redis.call('ZREM', KEYS[2], ARGV[3])
+local st = redis.call('HGET', KEYS[1], 'state') or ''
+if st == '' then
+  local first = tonumber(redis.call('HGET', KEYS[1], 'first') or ARGV[7])
+  redis.call('ZADD', KEYS[3], first + tonumber(ARGV[6]), ARGV[3])
+end
+redis.call('PUBLISH', ARGV[8], ARGV[3])
+local nxt = redis.call('ZRANGE', KEYS[2], 0, 0)[1]
+return {st, nxt or ''}
 `;
 
 /** The Redis side of exactly-once delivery, shared by the ingress and the worker. */
@@ -100,9 +131,11 @@ export class DeliveryStore {
   constructor(redis: RedisClient, prefix: string) {
     this.#redis = redis;
     this.#prefix = prefix;
-    this.#attempt = defineScript<[string, number, number], [number, string, string]>(redis, 'wxdAttempt', 1, ATTEMPT_LUA);
-    this.#settle = defineScript<[string, string, string], [string, string, number]>(redis, 'wxdSettle', 1, SETTLE_LUA);
-    this.#finish = defineScript<[string, string, number], string>(redis, 'wxdFinish', 1, FINISH_LUA);
+    this.#attempt = defineScript<[string, string, string, number, number, string, number, string], [number, string, string]>(
+      redis, 'wxdAttempt', 3, ATTEMPT_LUA);
+    this.#settle = defineScript<[string, string, string, string, string], [string, string, number]>(redis, 'wxdSettle', 2, SETTLE_LUA);
+    this.#finish = defineScript<[string, string, string, string, number, string, string, string, number, number, string], [string, string]>(
+      redis, 'wxdFinish', 3, FINISH_LUA);
     this.#takePart = defineScript<[string], [number, string, number]>(redis, 'wxdTakePart', 1, TAKE_PART_LUA);
   }
 
@@ -111,21 +144,107 @@ export class DeliveryStore {
     return redisKey(this.#prefix, 'msg', jobId);
   }
 
-  /** Counts a WeChat attempt; returns its number (1-based), when the first one arrived, and the state. */
-  async recordAttempt(jobId: string, now = Date.now()): Promise<{ attempt: number; firstAt: number; state: DeliveryState }> {
-    const [attempt, first, state] = await this.#attempt(this.key(jobId), now, DELIVERY_TTL_S);
+  /** The sorted set of answers waiting for WeChat's last attempt to be over (score: when it is). */
+  get dueKey(): string {
+    return redisKey(this.#prefix, 'due');
+  }
+
+  /** The channel on which a stored answer's job id is published, waking the attempts waiting for it. */
+  get answersChannel(): string {
+    return redisKey(this.#prefix, 'answers');
+  }
+
+  /** A follower's line of answer jobs (sorted by first arrival): one conversation, in order. */
+  orderKey(account: string, openId: string): string {
+    return redisKey(this.#prefix, 'order', account, openId);
+  }
+
+  /**
+   * Counts a WeChat attempt (and opens the follower's fresh push allowance); returns its number
+   * (1-based), when the first one arrived, and the state. A message for Dify (`queued`) takes its
+   * place in the follower's line at its first arrival.
+   */
+  async recordAttempt(
+    jobId: string,
+    follower: { account: string; openId: string; queued: boolean },
+    now = Date.now(),
+  ): Promise<{ attempt: number; firstAt: number; state: DeliveryState }> {
+    const [attempt, first, state] = await this.#attempt(
+      this.key(jobId),
+      this.orderKey(follower.account, follower.openId),
+      this.#followerKey('quota', follower.account, follower.openId),
+      now,
+      DELIVERY_TTL_S,
+      jobId,
+      PUSHES_PER_MESSAGE,
+      follower.queued ? '1' : '0',
+    );
     return { attempt: Number(attempt), firstAt: Number(first), state: state as DeliveryState };
   }
 
   /** One atomic step of the state machine above. */
   async settle(jobId: string, mode: SettleMode, handoffTo: 'push' | 'wait' | '' = ''): Promise<SettleResult> {
-    const [state, ans, won] = await this.#settle(this.key(jobId), mode, handoffTo);
+    const [state, ans, won] = await this.#settle(this.key(jobId), this.dueKey, mode, handoffTo, jobId);
     return { state: state as DeliveryState, answer: ans ? (JSON.parse(ans) as StoredAnswer) : undefined, won: won === 1 };
   }
 
-  /** Stores the worker's answer; returns the state it found (`push`: the worker must push it now). */
-  async saveAnswer(jobId: string, answer: StoredAnswer): Promise<DeliveryState> {
-    return (await this.#finish(this.key(jobId), JSON.stringify(answer), DELIVERY_TTL_S)) as DeliveryState;
+  /**
+   * Stores the worker's answer and ends the job's turn in its follower's line. Returns the state
+   * it found (`push`: the worker pushes it now) and the next job in the follower's line.
+   * `dueAfterMs` (after the first arrival) is when WeChat's last attempt must be over.
+   */
+  async saveAnswer(
+    jobId: string,
+    answer: StoredAnswer,
+    follower: { account: string; openId: string; dueAfterMs: number },
+  ): Promise<{ state: DeliveryState; next: string | undefined }> {
+    const [state, next] = await this.#finish(
+      this.key(jobId),
+      this.orderKey(follower.account, follower.openId),
+      this.dueKey,
+      JSON.stringify(answer),
+      DELIVERY_TTL_S,
+      jobId,
+      follower.account,
+      follower.openId,
+      follower.dueAfterMs,
+      Date.now(),
+      this.answersChannel,
+    );
+    return { state: state as DeliveryState, next: next || undefined };
+  }
+
+  /** The job whose turn it is in the follower's line (the oldest not finished), if any. */
+  async lineHead(account: string, openId: string): Promise<string | undefined> {
+    const [first] = await this.#redis.zrange(this.orderKey(account, openId), 0, 0);
+    return first;
+  }
+
+  /** When `jobId` took its place in the follower's line (ms), if it is in line. */
+  async arrivedAt(account: string, openId: string, jobId: string): Promise<number | undefined> {
+    const score = await this.#redis.zscore(this.orderKey(account, openId), jobId);
+    return score === null ? undefined : Number(score);
+  }
+
+  /** Takes a job out of the follower's line (one that ended without an answer). */
+  async leaveLine(account: string, openId: string, jobId: string): Promise<void> {
+    await this.#redis.zrem(this.orderKey(account, openId), jobId);
+  }
+
+  /** Answers whose hand-over is due (WeChat's last attempt must be over), with their follower. */
+  async dueAnswers(now = Date.now(), limit = 100): Promise<{ jobId: string; account: string; openId: string }[]> {
+    const ids = await this.#redis.zrangebyscore(this.dueKey, '-inf', now, 'LIMIT', 0, limit);
+    return Promise.all(
+      ids.map(async (jobId) => {
+        const [account, openId] = await this.#redis.hmget(this.key(jobId), 'acct', 'uid');
+        return { jobId, account: account ?? '', openId: openId ?? '' };
+      }),
+    );
+  }
+
+  /** Drops a due entry whose message state is gone (expired). */
+  async dropDue(jobId: string): Promise<void> {
+    await this.#redis.zrem(this.dueKey, jobId);
   }
 
   /** Reads the answer and the index of the first undelivered part, without changing anything. */
@@ -176,7 +295,7 @@ export class DeliveryStore {
     if ((await this.#redis.get(key)) === jobId) await this.#redis.del(key);
   }
 
-  /** A new follower message opens a fresh allowance of customer-service pushes for 48 h. */
+  /** A follower message that is not an attempt (`/clear`, `1`…) opens a fresh allowance of pushes for 48 h. */
   async resetPushQuota(account: string, openId: string): Promise<void> {
     await this.#redis.set(this.#followerKey('quota', account, openId), PUSHES_PER_MESSAGE, 'EX', DELIVERY_TTL_S);
   }

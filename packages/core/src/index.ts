@@ -5,7 +5,6 @@ export * from './redis.js';
 export * from './queue.js';
 export * from './delivery-store.js';
 export * from './conversation-store.js';
-export * from './user-order.js';
 export * from './wechat/index.js';
 export * from './dify/index.js';
 export * from './i18n/index.js';

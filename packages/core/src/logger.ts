@@ -35,7 +35,8 @@ export function createLogger(opts: { level?: string; name?: string; destination?
     redact: { paths: REDACT_PATHS, censor: '[redacted]' },
     timestamp: pino.stdTimeFunctions.isoTime,
   };
-  return opts.destination ? pino(options, opts.destination as never) : pino(options);
+  // Asynchronous writes to stdout: a log line never blocks the event loop; pino flushes at exit.
+  return pino(options, opts.destination ? (opts.destination as never) : pino.destination({ dest: 1, sync: false }));
 }
 
 /**

@@ -16,8 +16,6 @@ export type QueueName = (typeof QUEUES)[keyof typeof QUEUES];
 /** Job names inside the queues, each declared once with its payload below. */
 export const JOBS = {
   answer: 'answer',
-  /** Runs when WeChat's last attempt must be over: delivers an answer no attempt took. */
-  settle: 'settle',
   push: 'push',
 } as const;
 
@@ -36,8 +34,6 @@ export interface PushJobData {
   openId: string;
 }
 
-/** Payload of a `settle` job (queue `push`): the same reference to an answer. */
-export type SettleJobData = PushJobData;
 
 /**
  * Bytes per text part: WeChat's 2048 less room for the "reply 1 for more" notice that a part may

@@ -42,8 +42,11 @@ export function createWeChatRouter(deps: ReplyFlowDeps & { metrics: Metrics }): 
     const query = ctx.query as Query;
     const { message, encrypted } = decodeRequest(acct, query, body);
     const log = (ctx.state.log as Logger).child({ account: acct.id, msgId: message.msgId, msgType: message.msgType });
+    // WeChat hung up (cut at 5 s, or gone): stop waiting. Only then: an abort costs an exception.
     const closed = new AbortController();
-    ctx.req.once('close', () => closed.abort());
+    ctx.res.once('close', () => {
+      if (!ctx.res.writableFinished) closed.abort();
+    });
     const outcome = await answerAttempt(deps, acct, message, arrivedAt, log, closed.signal);
     respond(ctx, acct, message, encrypted, outcome);
     observe(deps.metrics, acct.id, message, outcome);

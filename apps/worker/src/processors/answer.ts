@@ -1,8 +1,6 @@
 import { DelayedError, UnrecoverableError, type Job, type Queue } from 'bullmq';
 import {
-  JOBS,
   enqueuePush,
-  PUSH_JOB_OPTIONS,
   type AccountConfig,
   type AnswerJobData,
   type AnswerJobResult,
@@ -10,7 +8,6 @@ import {
   type DeliveryStore,
   type Logger,
   type PushJobData,
-  type SettleJobData,
 } from '@wxdify/core';
 import { askDify, type AskDifyDeps } from '../ask-dify.js';
 import type { UserTurns } from '../user-turn.js';
@@ -27,24 +24,27 @@ export interface AnswerProcessorDeps extends AskDifyDeps {
 }
 
 /** WeChat's third attempt arrives about 10 s after the first and may wait most of 5 s more. */
-export function passiveWindowEnd(config: Config, firstAt: number): number {
-  return firstAt + 3 * config.wechatTimeoutMs + 1500;
+export function passiveWindowMs(config: Config): number {
+  return 3 * config.wechatTimeoutMs + 1500;
 }
 
 /**
  * Answers one follower message: waits for the follower's turn, asks Dify (saving the conversation
- * id as soon as it is known), shapes the answer into WeChat parts, stores it, and hands it over.
+ * id as soon as it is known), shapes the answer into WeChat parts, stores it (which wakes the
+ * attempt waiting for it and ends the turn), and pushes it when WeChat's attempts already gave up.
+ * An answer nobody took yet is handed over by the due sweep once WeChat's window is over.
  */
 export function createAnswerProcessor(deps: AnswerProcessorDeps) {
   return async (job: Job<AnswerJobData>, token?: string, signal?: AbortSignal): Promise<AnswerJobResult> => {
     const { config, store } = deps;
     const account = config.accounts.get(job.data.account);
     if (!account) throw new UnrecoverableError(`unknown account ${job.data.account}`);
+    const openId = job.data.message.fromUserName;
     const log = deps.logger.child({ jobId: job.id, account: account.id, msgId: job.data.message.msgId });
     await deps.turns.acquire(job, token);
 
     // In customer-service mode the follower sees "typing…" while Dify works.
-    const typing = account.enableCustomMessage ? startTyping(deps.wechatFor(account), job.data.message.fromUserName, log) : undefined;
+    const typing = account.enableCustomMessage ? startTyping(deps.wechatFor(account), openId, log) : undefined;
     const parts = await askDify(deps, account, job, log, signal)
       .catch(async (err: unknown) => {
         if (!signal?.aborted) throw err;
@@ -53,18 +53,14 @@ export function createAnswerProcessor(deps: AnswerProcessorDeps) {
         await job.moveToDelayed(Date.now(), token);
         throw new DelayedError();
       })
-      .finally(() => typing?.stop());
-    const state = await store.saveAnswer(job.id!, { parts, readyAt: Date.now() });
-    await deps.turns.release(job);
-    const handover = { account: account.id, answerJobId: job.id!, openId: job.data.message.fromUserName };
-    if (state === 'push') {
-      await enqueuePush(deps.pushQueue, handover, 0);
-    } else if (state === '') {
-      // No attempt took it yet: make sure someone does once WeChat's last attempt must be over.
-      const { firstAt } = await store.peek(job.id!);
-      const delay = Math.max(0, passiveWindowEnd(config, firstAt || job.data.receivedAt) - Date.now());
-      await deps.pushQueue.add(JOBS.settle, handover, { ...PUSH_JOB_OPTIONS, jobId: `settle~${job.id}`, delay });
-    }
+      .finally(() => void typing?.stop()); // never delays the answer; the cancel runs on its own
+    const { state, next } = await store.saveAnswer(job.id!, { parts, readyAt: Date.now() }, {
+      account: account.id,
+      openId,
+      dueAfterMs: passiveWindowMs(config),
+    });
+    await deps.turns.wake(next);
+    if (state === 'push') await enqueuePush(deps.pushQueue, { account: account.id, answerJobId: job.id!, openId }, 0);
     log.info({ parts: parts.length, state }, 'answer ready');
     return { parts: parts.length, state };
   };

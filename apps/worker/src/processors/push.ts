@@ -1,6 +1,5 @@
-import { UnrecoverableError, type Job, type Queue } from 'bullmq';
+import { UnrecoverableError, type Job } from 'bullmq';
 import {
-  enqueuePush,
   messagesFor,
   type AccountConfig,
   type AnswerPart,
@@ -9,7 +8,6 @@ import {
   type Logger,
   type Metrics,
   type PushJobData,
-  type SettleJobData,
 } from '@wxdify/core';
 import type { FollowerLock } from '../follower-lock.js';
 import { WeChatApiError, type WeChatApi } from '../wechat-api.js';
@@ -61,23 +59,6 @@ export function createPushProcessor(deps: PushProcessorDeps) {
       log.info({ pushed }, 'answer pushed');
       return { pushed, outcome: 'done' as const };
     });
-  };
-}
-
-/**
- * Runs once WeChat's last attempt must be over: an answer no attempt took (attempts lost on the
- * way, or an ingress that died mid-wait) is pushed, or left for the follower's `1`.
- */
-export function createSettleProcessor(deps: PushProcessorDeps & { pushQueue: Queue<PushJobData> }) {
-  return async (job: Job<SettleJobData>): Promise<{ state: string }> => {
-    const account = accountOf(deps.config, job.data.account);
-    const pushes = account.enableCustomMessage && !(await deps.store.customServiceBlocked(account.id));
-    const result = await deps.store.settle(job.data.answerJobId, 'handoff', pushes ? 'push' : 'wait');
-    if (!result.won) return { state: result.state };
-    deps.logger.info({ jobId: job.data.answerJobId, state: result.state }, 'answer handed over after the last attempt');
-    if (result.state === 'wait') await deps.store.setPending(account.id, job.data.openId, job.data.answerJobId);
-    if (result.state === 'push') await enqueuePush(deps.pushQueue, job.data, 0);
-    return { state: result.state };
   };
 }
 

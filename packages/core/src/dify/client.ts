@@ -2,7 +2,12 @@
 // Wire rules and pitfalls: https://docs.dify.ai/en/api-reference/guides/streaming and
 // https://docs.dify.ai/en/api-reference/guides/errors; see also /work/shared/research/dify-api.md.
 import { setTimeout as sleep } from 'node:timers/promises';
-import got, { type Request, type Response } from 'got';
+import type { Got, Request, Response } from 'got';
+
+// got is loaded on first use: only the worker talks to Dify, and the ingress, which imports this
+// package too, keeps ~15 MB of memory by never loading it.
+let gotModule: Promise<Got> | undefined;
+const loadGot = (): Promise<Got> => (gotModule ??= import('got').then((m) => m.default));
 import { AppError } from '../errors.js';
 import type { Logger } from '../logger.js';
 import { isDifyEvent, readSseEvents } from './sse.js';
@@ -164,7 +169,7 @@ export function createDifyClient(opts: DifyClientOptions): DifyClient {
       };
       const done = (a: AttemptAnswer, conversationReset: boolean): DifyAnswer => {
         const answer = { ...a, conversationReset, totalMs: Date.now() - startedAt };
-        ctx.log.info({ mode: ctx.mode, ms: answer.totalMs, firstEventMs: answer.firstEventMs, chars: answer.text.length,
+        ctx.log.debug({ mode: ctx.mode, ms: answer.totalMs, firstEventMs: answer.firstEventMs, chars: answer.text.length,
           files: answer.files.length, truncated: answer.truncated, conversationReset }, 'dify answered');
         return answer;
       };
@@ -191,7 +196,7 @@ async function postAudioToText(base: string, opts: DifyClientOptions, audio: Uin
   form.set('user', user);
   let res: Response<string>;
   try {
-    res = await got.post(`${base}${path}`, {
+    res = await (await loadGot()).post(`${base}${path}`, {
       body: form,
       headers: authHeader(opts),
       throwHttpErrors: false,
@@ -243,7 +248,7 @@ async function runAttempt(ctx: Ctx, conversationId: string | undefined): Promise
   const state: AnswerState = { text: '', files: new Map(), dataEvents: 0, sawAgentMessage: false, terminal: false, eof: false };
   let stream: Request | undefined;
   try {
-    stream = got.stream.post(`${ctx.base}${route.run}`, {
+    stream = (await loadGot()).stream.post(`${ctx.base}${route.run}`, {
       json: buildBody(ctx, conversationId),
       headers: { ...authHeader(ctx.opts), accept: 'text/event-stream', 'accept-encoding': 'identity' },
       throwHttpErrors: false,
@@ -466,7 +471,7 @@ function parseErrorBody(text: string): DifyErrorBody {
 
 /** Fire-and-forget `POST …/stop` with the same user, so Dify frees the concurrency slot now. */
 function sendStop(ctx: Ctx, path: string): void {
-  got.post(`${ctx.base}${path}`, {
+  void loadGot().then((got) => got.post(`${ctx.base}${path}`, {
     json: { user: ctx.req.user },
     headers: authHeader(ctx.opts),
     throwHttpErrors: false,
@@ -475,13 +480,13 @@ function sendStop(ctx: Ctx, path: string): void {
   }).then(
     (res) => ctx.log.info({ path, status: res.statusCode }, 'dify task stopped'),
     (err: unknown) => ctx.log.warn({ path, code: errorCode(err) }, 'dify task stop failed'),
-  );
+  ));
 }
 
 async function getJson<T>(base: string, opts: DifyClientOptions, path: string): Promise<T> {
   let res: Response<string>;
   try {
-    res = await got.get(`${base}${path}`, {
+    res = await (await loadGot()).get(`${base}${path}`, {
       headers: authHeader(opts),
       throwHttpErrors: false,
       retry: { limit: 0 },
