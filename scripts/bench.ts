@@ -30,6 +30,8 @@ import { slowPhase } from './bench/slow-phase.js';
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
 /** tsx's loader for the children written in TypeScript (the fakes, the relay), wherever the bench is started from. */
 const TSX = ['--import', import.meta.resolve('tsx')];
+/** The V8 flag the production entries run with (package.json start:* scripts, the Dockerfile's NODE_OPTIONS); the relay gets it too. */
+const PRODUCTION_NODE_FLAGS = ['--max-semi-space-size=4'];
 const TOKEN = 'benchtoken';
 const APP_ID = 'wxbench0000000001';
 const AES_KEY = 'abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG';
@@ -126,7 +128,7 @@ async function runQueue(env: NodeJS.ProcessEnv, fakes: Fakes, redis: Child, info
 /** The baseline relay on the same fakes: paced, then the closed loop. */
 async function runRelay(env: NodeJS.ProcessEnv, fakes: Fakes): Promise<void> {
   const port = await freePort();
-  const relay = startNode('relay', 'scripts/bench/relay.ts', { ...env, PORT: String(port) }, TSX);
+  const relay = startNode('relay', 'scripts/bench/relay.ts', { ...env, PORT: String(port) }, [...TSX, ...PRODUCTION_NODE_FLAGS]);
   await waitForOk(`http://127.0.0.1:${port}/healthz`, relay);
   const simulator = wechatAt(`http://127.0.0.1:${port}/wechat`);
   results.pacedBaseline = await phase('relay paced', () => paced(simulator, 'oRelayPaced'));
@@ -177,7 +179,7 @@ async function drainQueues(connection: Redis, prefix: string): Promise<void> {
   }
 }
 
-function startNode(name: string, entry: string, env: NodeJS.ProcessEnv, nodeArgs: string[] = []): Child {
+function startNode(name: string, entry: string, env: NodeJS.ProcessEnv, nodeArgs: string[] = PRODUCTION_NODE_FLAGS): Child {
   const prof = ctx.opts.cpuProf ? ['--cpu-prof', `--cpu-prof-dir=${join(ctx.dir, 'profiles')}`, `--cpu-prof-name=${name}.cpuprofile`] : [];
   const child = startChild(name, process.execPath, [...prof, ...nodeArgs, join(ROOT, entry)], { dir: ctx.dir, env });
   children.push(child);

@@ -58,7 +58,8 @@ console.log(`  WeChat server URL: http://localhost:${ingressPort}/wechat\n`);
 for (const signal of ['SIGINT', 'SIGTERM']) process.on(signal, () => stop(0));
 
 function start(name, file, extra) {
-  const child = spawn(process.execPath, [join(root, file)], { env: { ...env, ...extra }, stdio: ['ignore', 'pipe', 'inherit'] });
+  // Same V8 flag as the production entries (package.json start:* scripts, Dockerfile).
+  const child = spawn(process.execPath, ['--max-semi-space-size=4', join(root, file)], { env: { ...env, ...extra }, stdio: ['ignore', 'pipe', 'inherit'] });
   child.stdout.pipe(pretty({ colorize: process.stdout.isTTY, translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname', singleLine: true }));
   watch(name, child);
 }

@@ -14,7 +14,7 @@ export interface IngressAppDeps extends ReplyFlowDeps {
 }
 
 /** The Koa app of the ingress; the middleware order is the order below. */
-export function createIngressApp(deps: IngressAppDeps): Koa {
+export async function createIngressApp(deps: IngressAppDeps): Promise<Koa> {
   const app = new Koa({ proxy: true });
   app.silent = true;
   app.use(requestLogger(deps.logger));
@@ -34,7 +34,7 @@ export function createIngressApp(deps: IngressAppDeps): Koa {
     ctx.body = await renderMetrics(deps.metrics, [deps.queue, deps.pushQueue]);
   });
   app.use(health.routes());
-  for (const mw of createAdminMiddleware(deps.config, [deps.queue, deps.pushQueue])) app.use(mw);
+  for (const mw of await createAdminMiddleware(deps.config, [deps.queue, deps.pushQueue])) app.use(mw);
   const wechat = createWeChatRouter(deps);
   app.use(wechat.routes());
   app.use(wechat.allowedMethods());

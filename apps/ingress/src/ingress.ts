@@ -50,7 +50,7 @@ export async function startIngress(
 
   let shuttingDown = false;
   const isReady = async () => !shuttingDown && (await isRedisReady(redis));
-  const app = createIngressApp({
+  const app = await createIngressApp({
     config,
     logger,
     metrics: opts.metrics ?? createMetrics('ingress'),

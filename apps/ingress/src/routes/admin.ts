@@ -1,7 +1,4 @@
 import { timingSafeEqual } from 'node:crypto';
-import { createBullBoard } from '@bull-board/api';
-import { BullMQAdapter } from '@bull-board/api/bullMQAdapter';
-import { KoaAdapter } from '@bull-board/koa';
 import type { Queue } from 'bullmq';
 import type { Config } from '@wxdify/core';
 import type { Context, Middleware, Next } from 'koa';
@@ -13,8 +10,14 @@ export const ADMIN_PATH = '/admin/queues';
  * dashboard as Redis access). Absent, and so 404, when no ADMIN_PASSWORD is set. Job data shows
  * followers' OpenIDs and texts, which is why it is never exposed without a password.
  */
-export function createAdminMiddleware(config: Config, queues: Queue[]): Middleware[] {
+export async function createAdminMiddleware(config: Config, queues: Queue[]): Promise<Middleware[]> {
   if (!config.adminPassword) return [];
+  // Loaded only when the dashboard is on: Bull Board and its UI cost ~40 MB of memory.
+  const [{ createBullBoard }, { BullMQAdapter }, { KoaAdapter }] = await Promise.all([
+    import('@bull-board/api'),
+    import('@bull-board/api/bullMQAdapter'),
+    import('@bull-board/koa'),
+  ]);
   const serverAdapter = new KoaAdapter();
   serverAdapter.setBasePath(ADMIN_PATH);
   createBullBoard({

@@ -53,12 +53,17 @@ export function createAnswerProcessor(deps: AnswerProcessorDeps) {
         await job.moveToDelayed(Date.now(), token);
         throw new DelayedError();
       })
-      .finally(() => void typing?.stop()); // never delays the answer; the cancel runs on its own
+      .catch((err: unknown) => {
+        typing?.stop({ cancel: true });
+        throw err;
+      });
     const { state, next } = await store.saveAnswer(job.id!, { parts, readyAt: Date.now() }, {
       account: account.id,
       openId,
       dueAfterMs: passiveWindowMs(config),
     });
+    // A passive reply or a push ends "typing…" by itself; an answer left for `1` withdraws it.
+    typing?.stop({ cancel: state === 'wait' });
     await deps.turns.wake(next);
     if (state === 'push') await enqueuePush(deps.pushQueue, { account: account.id, answerJobId: job.id!, openId }, 0);
     log.info({ parts: parts.length, state }, 'answer ready');
