@@ -124,9 +124,10 @@ export class FakeWeChat {
       const [f] = this.#failures.splice(failIdx, 1);
       return send({ errcode: f!.errcode, errmsg: `scripted error ${f!.errcode}` });
     }
-    if (url.pathname === '/cgi-bin/stable_token') {
+    if (url.pathname === '/cgi-bin/stable_token' || (url.pathname === '/cgi-bin/token' && req.method === 'GET')) {
       this.tokenRequests++;
-      if (body.grant_type !== 'client_credential' || !body.appid || !body.secret) {
+      const params = url.pathname === '/cgi-bin/token' ? call.query : body;
+      if (params.grant_type !== 'client_credential' || !params.appid || !params.secret) {
         return send({ errcode: 40002, errmsg: 'invalid grant_type' });
       }
       const token = `tok_${Math.random().toString(36).slice(2)}_${this.tokenRequests}`;

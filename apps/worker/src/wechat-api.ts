@@ -191,19 +191,24 @@ export class WeChatApi {
   }
 
   async #fetchToken(): Promise<string> {
-    if (!this.#account.appSecret) throw new AppError('wechat_api', 'WECHAT_APP_SECRET is required for the WeChat API');
-    const reply = await this.#http
-      .post('cgi-bin/stable_token', {
-        json: { grant_type: 'client_credential', appid: this.#account.appId, secret: this.#account.appSecret, force_refresh: false },
-      })
-      .json<WeChatReply & { access_token?: string; expires_in?: number }>();
-    if (!reply.access_token) throw new WeChatApiError(reply.errcode ?? -2, String(reply.errmsg ?? 'no token'), 'stable_token');
+    const { appId, appSecret, accessTokenMode } = this.#account;
+    if (!appSecret) throw new AppError('wechat_api', 'WECHAT_APP_SECRET is required for the WeChat API');
+    // stable_token (default): every caller gets the same token until it expires, so other systems
+    // using the same AppID do not invalidate ours. /cgi-bin/token: each call issues a new one.
+    const path = accessTokenMode === 'plain' ? 'cgi-bin/token' : 'cgi-bin/stable_token';
+    const request =
+      accessTokenMode === 'plain'
+        ? this.#http.get(path, { searchParams: { grant_type: 'client_credential', appid: appId, secret: appSecret } })
+        : this.#http.post(path, { json: { grant_type: 'client_credential', appid: appId, secret: appSecret, force_refresh: false } });
+    const reply = await request.json<WeChatReply & { access_token?: string; expires_in?: number }>();
+    if (!reply.access_token) throw new WeChatApiError(reply.errcode ?? -2, String(reply.errmsg ?? 'no token'), path);
     // Refresh five minutes before WeChat expires it (tokens last 7200 s).
     const ttl = Math.max(60, (reply.expires_in ?? 7200) - 300);
     await this.#redis.set(this.#tokenKey, reply.access_token, 'EX', ttl);
-    this.#log.info({ ttl }, 'access token fetched');
+    this.#log.info({ ttl, path }, 'access token fetched');
     return reply.access_token;
   }
+
 }
 
 /** The errcode JSON WeChat sends in place of media bytes, if that is what `bytes` holds. */
