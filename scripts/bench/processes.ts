@@ -2,7 +2,7 @@
 // fakes; and what Linux tells about each of them (/proc/<pid>/stat and /status).
 import { spawn, type ChildProcess, type StdioOptions } from 'node:child_process';
 import { closeSync, openSync, readFileSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
+import { freePort } from '../../test/helpers/redis-server.js';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Redis } from 'ioredis';
@@ -51,18 +51,7 @@ export function resetPeakRss(pid: number): boolean {
   }
 }
 
-/** A port the OS says is free right now. */
-export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.unref();
-    srv.on('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address() as { port: number };
-      srv.close(() => resolve(port));
-    });
-  });
-}
+export { freePort };
 
 /** Starts a child with its output in `<dir>/<name>.log`. */
 export function startChild(name: string, command: string, args: string[], opts: { dir: string; env?: NodeJS.ProcessEnv; ipc?: boolean }): Child {
