@@ -87,7 +87,9 @@ export async function startWorker(
     },
     [QUEUES.push]: { [JOBS.push]: createPushProcessor(pushDeps) },
   };
-  const workerOpts = { connection, prefix, lockDuration: 15_000, stalledInterval: 10_000, maxStalledCount: 1 };
+  // A killed worker's job is taken over within ~30 s (lock 15 s, stall check every 10 s); a job may
+  // stall twice (two crashes) before BullMQ gives up on it.
+  const workerOpts = { connection, prefix, lockDuration: 15_000, stalledInterval: 10_000, maxStalledCount: 2 };
   const sweeper = startDueSweeper({ config, store, pushQueue, logger });
   const workers = [
     new Worker(QUEUES.answer, dispatch(processors[QUEUES.answer], QUEUES.answer), { ...workerOpts, concurrency: config.workerConcurrency }),
