@@ -1,25 +1,12 @@
 import { createCipheriv } from 'node:crypto';
-import { createRequire } from 'node:module';
 import { describe, expect, it } from 'vitest';
 import { AppError, ConfigError, RequestRejectedError } from '../packages/core/src/errors.js';
 import { createEncryptor, Encryptor, sha1Signature } from '../packages/core/src/wechat/index.js';
+import { SAMPLE, WXBizMsgCrypt } from './helpers/wechat-reference.js';
 
-// node-webot's wechat-crypto: an independent implementation (CJS, untyped), used as the reference.
-type WXBizMsgCrypt = {
-  encrypt(text: string): string;
-  decrypt(text: string): { message: string; id: string };
-  getSignature(timestamp: string, nonce: string, encrypt: string): string;
-};
-const WXBizMsgCrypt = createRequire(import.meta.url)('wechat-crypto') as new (
-  token: string,
-  encodingAESKey: string,
-  id: string,
-) => WXBizMsgCrypt;
 
 // WeChat's official sample account.
-const TOKEN = 'pamtest';
-const KEY = 'abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG';
-const APP_ID = 'wxb11529c136998cb6';
+const { token: TOKEN, key: KEY, appId: APP_ID } = SAMPLE;
 const AES_KEY = Buffer.from(`${KEY}=`, 'base64');
 
 // Known answer: wechat-crypto's encrypt() with its random source pinned to RANDOM produced KAT_ENCRYPT.

@@ -1,5 +1,4 @@
 import { createHash } from 'node:crypto';
-import { createRequire } from 'node:module';
 import { describe, expect, it } from 'vitest';
 import { RequestRejectedError } from '../packages/core/src/errors.js';
 import {
@@ -10,22 +9,10 @@ import {
   verifyEcho,
   type WeChatAccountKeys,
 } from '../packages/core/src/wechat/index.js';
+import { SAMPLE, WXBizMsgCrypt } from './helpers/wechat-reference.js';
 
-// node-webot's wechat-crypto plays WeChat's side: an independent implementation of the envelope.
-type WXBizMsgCrypt = {
-  encrypt(text: string): string;
-  decrypt(text: string): { message: string; id: string };
-  getSignature(timestamp: string, nonce: string, encrypt: string): string;
-};
-const WXBizMsgCrypt = createRequire(import.meta.url)('wechat-crypto') as new (
-  token: string,
-  encodingAESKey: string,
-  id: string,
-) => WXBizMsgCrypt;
 
-const TOKEN = 'pamtest';
-const KEY = 'abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG';
-const APP_ID = 'wxb11529c136998cb6';
+const { token: TOKEN, key: KEY, appId: APP_ID } = SAMPLE;
 const plainAccount: WeChatAccountKeys = { appId: APP_ID, token: TOKEN };
 const aesAccount: WeChatAccountKeys = { appId: APP_ID, token: TOKEN, encodingAesKey: KEY };
 const wechat = new WXBizMsgCrypt(TOKEN, KEY, APP_ID);

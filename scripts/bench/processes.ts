@@ -2,10 +2,9 @@
 // fakes; and what Linux tells about each of them (/proc/<pid>/stat and /status).
 import { spawn, type ChildProcess, type StdioOptions } from 'node:child_process';
 import { closeSync, openSync, readFileSync, writeFileSync } from 'node:fs';
-import { freePort } from '../../test/helpers/redis-server.js';
+import { freePort, waitForRedis } from '../../test/helpers/redis-server.js';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { Redis } from 'ioredis';
 
 /** A child the bench started and must stop. */
 export interface Child {
@@ -91,20 +90,8 @@ export async function startRedis(dir: string): Promise<{ child: Child; url: stri
     '--maxmemory-policy', 'noeviction'];
   const child = startChild('redis', 'redis-server', args, { dir });
   const url = `redis://127.0.0.1:${port}`;
-  for (let i = 0; i < 100; i++) {
-    const client = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
-    client.on('error', () => undefined);
-    try {
-      await client.connect();
-      await client.ping();
-      client.disconnect();
-      return { child, url, args: args.slice(4) };
-    } catch {
-      client.disconnect();
-      await sleep(50);
-    }
-  }
-  throw new Error('redis-server did not start');
+  await waitForRedis(url, child.process);
+  return { child, url, args: args.slice(4) };
 }
 
 /** Polls `url` until it answers 200, or throws after `timeoutMs`. */

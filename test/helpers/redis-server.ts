@@ -55,7 +55,8 @@ export async function startRedisServer(opts: { port?: number; dir?: string; args
   };
 }
 
-async function waitForRedis(url: string, child: ChildProcess): Promise<void> {
+/** Resolves once `url` answers PING; throws if `child` exits first or it never answers. */
+export async function waitForRedis(url: string, child: ChildProcess): Promise<void> {
   for (let i = 0; i < 100; i++) {
     if (child.exitCode !== null) throw new Error(`redis-server exited with ${child.exitCode}`);
     const client = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
