@@ -101,7 +101,7 @@ async function answerMessage(
   const { attempt, firstAt, state } = await deps.store.recordAttempt(ref.jobId, follower, arrivedAt);
   log.debug({ jobId: ref.jobId, attempt }, 'attempt');
   const deadline = attemptDeadline(deps.config, account, attempt, arrivedAt);
-  const outcome = await settleAttempt(deps, ref, attempt === LAST_ATTEMPT, deadline, {
+  const outcome = await settleAttempt(deps, ref, attempt >= LAST_ATTEMPT, deadline, {
     signal,
     // Adding is idempotent (the job id): a retry on any replica, or after a crash, attaches to the same job.
     onRegistered: state === '' ? () => enqueue(deps, account, message, ref.jobId, firstAt) : undefined,
