@@ -1,8 +1,9 @@
 import { createCipheriv } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { AppError, ConfigError, RequestRejectedError } from '../packages/core/src/errors.js';
+import { AppError, ConfigError } from '../packages/core/src/errors.js';
 import { createEncryptor, Encryptor, sha1Signature } from '../packages/core/src/wechat/index.js';
 import { SAMPLE, WXBizMsgCrypt } from './helpers/wechat-reference.js';
+import { expectRejected } from './helpers/expect-rejected.js';
 
 
 // WeChat's official sample account.
@@ -41,15 +42,7 @@ function padFor(bodyLength: number, fill: (count: number) => number[]): Buffer {
 }
 
 function expectDecryptFailed(run: () => unknown, reason?: RegExp): void {
-  let caught: unknown;
-  try {
-    run();
-  } catch (err) {
-    caught = err;
-  }
-  expect(caught).toBeInstanceOf(RequestRejectedError);
-  expect(caught).toMatchObject({ code: 'decrypt_failed', status: 400 });
-  if (reason) expect((caught as Error).message).toMatch(reason);
+  expectRejected(run, 'decrypt_failed', 400, reason);
 }
 
 describe('Encryptor known answers', () => {

@@ -1,6 +1,5 @@
 import { createHash } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { RequestRejectedError } from '../packages/core/src/errors.js';
 import {
   buildTextReplyXml,
   decodeRequest,
@@ -10,6 +9,7 @@ import {
   type WeChatAccountKeys,
 } from '../packages/core/src/wechat/index.js';
 import { SAMPLE, WXBizMsgCrypt } from './helpers/wechat-reference.js';
+import { expectRejected } from './helpers/expect-rejected.js';
 
 
 const { token: TOKEN, key: KEY, appId: APP_ID } = SAMPLE;
@@ -40,16 +40,6 @@ function safeModeRequest(inner = INNER, sealer: WXBizMsgCrypt = wechat) {
   return { encrypt, body, query };
 }
 
-function expectRejected(run: () => unknown, code: string, status: number): void {
-  let caught: unknown;
-  try {
-    run();
-  } catch (err) {
-    caught = err;
-  }
-  expect(caught).toBeInstanceOf(RequestRejectedError);
-  expect(caught).toMatchObject({ code, status });
-}
 
 describe('verifyEcho', () => {
   it('returns echostr when the signature is right', () => {

@@ -1,5 +1,4 @@
 import { describe, expect, it } from 'vitest';
-import { RequestRejectedError } from '../packages/core/src/errors.js';
 import {
   buildImageReplyXml,
   buildTextReplyXml,
@@ -7,6 +6,7 @@ import {
   MAX_TEXT_BYTES,
   parseXml,
 } from '../packages/core/src/wechat/index.js';
+import { expectRejected } from './helpers/expect-rejected.js';
 
 const TEXT_SAMPLE = `<xml>
   <ToUserName><![CDATA[gh_7f083739789a]]></ToUserName>
@@ -18,15 +18,7 @@ const TEXT_SAMPLE = `<xml>
 </xml>`;
 
 function expectBadRequest(xml: string, reason?: RegExp): void {
-  let caught: unknown;
-  try {
-    parseXml(xml);
-  } catch (err) {
-    caught = err;
-  }
-  expect(caught).toBeInstanceOf(RequestRejectedError);
-  expect(caught).toMatchObject({ code: 'bad_request', status: 400 });
-  if (reason) expect((caught as Error).message).toMatch(reason);
+  expectRejected(() => parseXml(xml), 'bad_request', 400, reason);
 }
 
 describe('parseXml', () => {
