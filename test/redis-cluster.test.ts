@@ -5,11 +5,10 @@ import { promisify } from 'node:util';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ConfigError, loadConfig } from '../packages/core/src/index.js';
-import { WeChatSimulator } from '../packages/core/src/wechat/simulator.js';
 import { startFakeDify, type FakeDify } from './fakes/fake-dify.js';
-import { startProcess, waitForReady, type ServiceProcess } from './helpers/processes.js';
+import { simulatorFor, startProcess, waitForReady, type ServiceProcess } from './helpers/processes.js';
 import { freePort, startRedisServer, type RedisServer } from './helpers/redis-server.js';
-import { AES_KEY, APP_ID, TOKEN, testEnv } from './helpers/stack.js';
+import { testEnv } from './helpers/stack.js';
 
 // The whole service on a real three-node Redis Cluster (redis-server --cluster-enabled yes, joined
 // with redis-cli --cluster create): with a hash tag in QUEUE_PREFIX every key shares one slot, so
@@ -62,7 +61,7 @@ describe('on a three-node Redis Cluster', () => {
     const worker = await startProcess('worker', env());
     procs.push(ingress, worker);
     await Promise.all([waitForReady(ingress.url, 200), waitForReady(worker.url, 200)]);
-    const sim = new WeChatSimulator({ url: `${ingress.url}/wechat`, token: TOKEN, appId: APP_ID, encodingAesKey: AES_KEY, mode: 'plain' });
+    const sim = simulatorFor(ingress);
 
     const openId = 'o_cluster';
     const first = await sim.attempt(sim.messageXml(openId, { MsgType: 'text', Content: 'hello cluster', MsgId: nextMsgId() }), WINDOW_MS);
@@ -114,7 +113,7 @@ describe('on a three-node Redis Cluster', () => {
     const worker = await startProcess('worker', env());
     procs.push(ingress, worker);
     await Promise.all([waitForReady(ingress.url, 200), waitForReady(worker.url, 200)]);
-    const sim = new WeChatSimulator({ url: `${ingress.url}/wechat`, token: TOKEN, appId: APP_ID, encodingAesKey: AES_KEY, mode: 'plain' });
+    const sim = simulatorFor(ingress);
 
     await Promise.all(nodes.map((node) => killNode(node)));
     await Promise.all([waitForReady(ingress.url, 503, 5000), waitForReady(worker.url, 503, 5000)]);

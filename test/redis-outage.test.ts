@@ -3,11 +3,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { WeChatSimulator } from '../packages/core/src/wechat/simulator.js';
+import type { WeChatSimulator } from '../packages/core/src/wechat/simulator.js';
 import { startFakeDify, type FakeDify } from './fakes/fake-dify.js';
-import { startProcess, waitForReady, type ServiceProcess } from './helpers/processes.js';
+import { simulatorFor, startProcess, waitForReady, type ServiceProcess } from './helpers/processes.js';
 import { freePort, startRedisServer, type RedisServer } from './helpers/redis-server.js';
-import { AES_KEY, APP_ID, TOKEN, testEnv, uniquePrefix } from './helpers/stack.js';
+import { testEnv, uniquePrefix } from './helpers/stack.js';
 
 // Redis goes away under a running ingress and worker (real processes, real redis-server) and
 // comes back on the same port and data directory: the processes say so on /readyz, stay alive,
@@ -31,8 +31,6 @@ describe('a Redis outage under running processes', () => {
     procs.push(proc);
     return proc;
   };
-  const simulator = (ingress: ServiceProcess) =>
-    new WeChatSimulator({ url: `${ingress.url}/wechat`, token: TOKEN, appId: APP_ID, encodingAesKey: AES_KEY, mode: 'plain' });
   const redisUp = async () => {
     redis = await startRedisServer({ port, dir, args: PERSISTENT });
   };
@@ -64,7 +62,7 @@ describe('a Redis outage under running processes', () => {
     const ingress = await start('ingress', prefix);
     const worker = await start('worker', prefix);
     await Promise.all([waitForReady(ingress.url, 200), waitForReady(worker.url, 200)]);
-    const sim = simulator(ingress);
+    const sim = simulatorFor(ingress);
     const before = await sim.attempt(sim.messageXml('o_outage', { MsgType: 'text', Content: 'before', MsgId: nextMsgId() }));
     expect(before.reply?.Content).toBe('Echo: before');
 
@@ -114,7 +112,7 @@ describe('a Redis outage under running processes', () => {
       expect(await fetch(`${proc.url}/healthz`).then((r) => r.status)).toBe(200);
       expect(await fetch(`${proc.url}/readyz`).then((r) => r.status)).toBe(503);
     }
-    const sim = simulator(ingress);
+    const sim = simulatorFor(ingress);
     const down = await sim.attempt(sim.messageXml('o_cold', { MsgType: 'text', Content: 'too early', MsgId: nextMsgId() }));
     expect(down.status).not.toBe(200);
     expect(down.ms).toBeLessThan(1000);

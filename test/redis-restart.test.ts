@@ -6,11 +6,10 @@ import { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { QUEUES } from '../packages/core/src/index.js';
-import { WeChatSimulator } from '../packages/core/src/wechat/simulator.js';
 import { startFakeDify, type FakeDify } from './fakes/fake-dify.js';
-import { startProcess, waitForReady, type ServiceProcess } from './helpers/processes.js';
+import { simulatorFor, startProcess, waitForReady, type ServiceProcess } from './helpers/processes.js';
 import { freePort, startRedisServer, type RedisServer } from './helpers/redis-server.js';
-import { AES_KEY, APP_ID, TOKEN, testEnv, uniquePrefix } from './helpers/stack.js';
+import { testEnv, uniquePrefix } from './helpers/stack.js';
 
 // Jobs that no worker has taken yet live only in Redis. With persistence on (AOF, fsync on every
 // write so the test does not depend on a timer), they survive a Redis restart on the same data
@@ -54,7 +53,7 @@ describe('queued jobs across a Redis restart', () => {
     });
     ingress = await startProcess('ingress', env);
     await waitForReady(ingress.url, 200);
-    const sim = new WeChatSimulator({ url: `${ingress.url}/wechat`, token: TOKEN, appId: APP_ID, encodingAesKey: AES_KEY, mode: 'plain' });
+    const sim = simulatorFor(ingress);
 
     // No worker: all three of WeChat's attempts time out and the last one leaves the answer for `1`.
     const deliveries = await Promise.all(

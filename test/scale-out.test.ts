@@ -1,9 +1,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { WeChatSimulator } from '../packages/core/src/wechat/simulator.js';
 import { startFakeDify, type FakeDify } from './fakes/fake-dify.js';
 import { FakeWeChat } from './fakes/fake-wechat.js';
-import { startProcess, type ServiceProcess } from './helpers/processes.js';
-import { AES_KEY, APP_ID, TOKEN, testEnv } from './helpers/stack.js';
+import { simulatorFor, startProcess, type ServiceProcess } from './helpers/processes.js';
+import { testEnv } from './helpers/stack.js';
 import { eventually, nextMsgId, slowQuery } from './helpers/wechat-timing.js';
 
 // Two ingress and two worker processes (the production entry points) on one Redis, WeChat's
@@ -18,8 +17,7 @@ describe('replicas on one Redis', () => {
   let ingresses: ServiceProcess[];
   let workers: ServiceProcess[];
 
-  const simFor = (ingress: ServiceProcess) =>
-    new WeChatSimulator({ url: `${ingress.url}/wechat`, token: TOKEN, appId: APP_ID, encodingAesKey: AES_KEY, mode: 'safe' });
+  const simFor = (ingress: ServiceProcess) => simulatorFor(ingress, 'safe');
   const runsFor = (openId: string) => dify.runRequests().filter((r) => (r.body as { user: string }).user === openId);
 
   beforeAll(async () => {

@@ -1,5 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
+import { WeChatSimulator, type CallbackMode } from '../../packages/core/src/wechat/simulator.js';
 import { freePort } from './redis-server.js';
+import { AES_KEY, APP_ID, TOKEN } from './stack.js';
 
 /** One production entry point (`apps/<kind>/dist/main.js`) running as its own process. */
 export interface ServiceProcess {
@@ -67,4 +69,9 @@ export async function waitForReady(url: string, status = 200, timeoutMs = 30_000
     await new Promise((r) => setTimeout(r, 100));
   }
   throw new Error(`${url}/readyz never answered ${status}`);
+}
+
+/** A WeChat simulator aimed at a running ingress process, with the test account's keys. */
+export function simulatorFor(ingress: { url: string }, mode: CallbackMode = 'plain'): WeChatSimulator {
+  return new WeChatSimulator({ url: `${ingress.url}/wechat`, token: TOKEN, appId: APP_ID, encodingAesKey: AES_KEY, mode });
 }
