@@ -41,13 +41,6 @@ export class AnswerWaiter {
     await this.#subscribed;
   }
 
-  /** Number of requests waiting right now. */
-  get waiting(): number {
-    let n = 0;
-    for (const set of this.#wakers.values()) n += set.size;
-    return n;
-  }
-
   /**
    * Takes the answer of `jobId` as soon as it exists, or returns the last state seen at `deadline`
    * (ms since epoch). Never waits past the deadline; `signal` ends the wait early.

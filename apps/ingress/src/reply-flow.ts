@@ -169,7 +169,7 @@ async function deliver(deps: ReplyFlowDeps, ref: AnswerRef, result: SettleResult
   const path = result.state === 'fetched' ? 'fetched' : 'passive';
   const first = parts[0] ?? { type: 'text', text: messagesFor(ref.account)('difyError') };
   if (parts.length <= 1) return { kind: 'reply', part: first, path };
-  return { kind: 'reply', part: await handOverRest(deps, ref, first, parts.length - 1), path };
+  return { kind: 'reply', part: await handOverRest(deps, ref, first, 1, parts.length - 1), path };
 }
 
 /** The next undelivered part of a long answer, for the follower's `1`. */
@@ -177,7 +177,7 @@ async function nextPart(deps: ReplyFlowDeps, ref: AnswerRef): Promise<Outcome | 
   const next = await deps.store.takeNextPart(ref.jobId);
   if (!next || next.remaining === 0) await deps.store.clearPending(ref.account.id, ref.openId, ref.jobId);
   if (!next) return undefined;
-  const part = next.remaining === 0 ? next.part : await handOverRest(deps, ref, next.part, next.remaining);
+  const part = next.remaining === 0 ? next.part : await handOverRest(deps, ref, next.part, next.index + 1, next.remaining);
   return { kind: 'reply', part, path: 'fetched' };
 }
 
@@ -186,10 +186,16 @@ async function nextPart(deps: ReplyFlowDeps, ref: AnswerRef): Promise<Outcome | 
  * stops at WeChat's allowance and leaves the rest for `1`); in waiting mode the follower is told
  * to send `1` for them.
  */
-async function handOverRest(deps: ReplyFlowDeps, ref: AnswerRef, part: AnswerPart, remaining: number): Promise<AnswerPart> {
+async function handOverRest(
+  deps: ReplyFlowDeps,
+  ref: AnswerRef,
+  part: AnswerPart,
+  next: number,
+  remaining: number,
+): Promise<AnswerPart> {
   await deps.store.setPending(ref.account.id, ref.openId, ref.jobId);
   if (await pushesAllowed(deps, ref.account)) {
-    const { next } = await deps.store.peek(ref.jobId);
+    // `next` (the part after the one being replied) only names the push job; the job reads where to start from Redis.
     await enqueuePush(deps.pushQueue, { account: ref.account.id, answerJobId: ref.jobId, openId: ref.openId }, next);
     return part;
   }
