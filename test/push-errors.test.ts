@@ -31,6 +31,8 @@ describe('customer-service pushes and WeChat errcodes', () => {
     const sim = stack.simulator('plain');
     return sim.deliver(sim.messageXml(openId, { MsgType: 'text', Content: slowQuery(text, delayMs), MsgId: nextMsgId() }), WINDOW);
   };
+  const typingOf = (openId: string) =>
+    wechat.calls.filter((c) => c.path.endsWith('/custom/typing') && c.body.touser === openId).map((c) => c.body.command);
   const sends = (openId: string) => wechat.calls.filter((c) => c.path === SEND && c.body.touser === openId);
   const one = (openId: string) => {
     const sim = stack.simulator('plain');
@@ -88,6 +90,18 @@ describe('customer-service pushes and WeChat errcodes', () => {
     expect(wechat.textsTo(openId).map((t) => t.slice(0, 2))).toEqual(['0 ', '1 ', '2 ']);
   });
 
+  it('refreshes "typing…" every 15 s while Dify works, and the pushed answer ends it', { timeout: 40_000 }, async () => {
+    const openId = 'o_slow_typing';
+    const delivery = await late(openId, 'very slow', 17_500);
+    expect(delivery.accepted?.reply?.Content).toMatch(/taking a while/i);
+    await eventually(() => wechat.textsTo(openId).length === 1, 25_000);
+    const typing = wechat.calls.filter((c) => c.path.endsWith('/custom/typing') && c.body.touser === openId);
+    expect(typing.map((c) => c.body.command)).toEqual(['Typing', 'Typing']);
+    expect(typing[1]!.at - typing[0]!.at).toBeGreaterThanOrEqual(14_900);
+    expect(typing[1]!.at).toBeLessThan(wechat.pushed.find((m) => m.touser === openId)!.at);
+  });
+
+  // Last: it switches the account to the waiting mode for the rest of this file.
   it('48001 (no customer-service permission): logged once, reported in metrics, and the account switches to the waiting mode', async () => {
     const openId = 'o_no_permission';
     wechat.failWhen((c) => (c.path === SEND ? 48001 : undefined));
@@ -103,5 +117,8 @@ describe('customer-service pushes and WeChat errcodes', () => {
     const metrics = await (await fetch(`${stack.workers[0]!.url}/metrics`)).text();
     expect(metrics).toMatch(/wxdify_custom_service_blocked\{account="default",component="worker"\} 1/);
     expect(metrics).toMatch(/wxdify_wechat_api_errors_total\{errcode="48001",component="worker"\} [1-9]/);
+    // That answer is left for `1`, so no message ends "typing…": it is withdrawn explicitly.
+    await eventually(() => typingOf('o_no_permission_2').length === 2, 3000);
+    expect(typingOf('o_no_permission_2')).toEqual(['Typing', 'CancelTyping']);
   });
 });
