@@ -9,7 +9,8 @@ const PRODUCER_COMMAND_TIMEOUT_MS = 2000;
 const retryStrategy = (times: number) => Math.min(200 * times, 2000);
 
 /**
- * Opens a client for `url`. `redis+cluster://host:port` (or `?cluster=1`) seeds a Redis Cluster.
+ * Opens a client for `url`. `redis+cluster://host:port` (or `?cluster=1`) seeds a Redis Cluster;
+ * `rediss+cluster://` (or `rediss://…?cluster=1`) does so over TLS, as managed clusters require.
  * `blocking` clients (BullMQ workers, QueueEvents) retry forever: `maxRetriesPerRequest: null`,
  * commands queue while Redis is away and run when it returns.
  * Producer clients fail fast so that a Redis outage turns into a quick answer, not a hang
@@ -41,18 +42,27 @@ export function createRedis(url: string, opts: { blocking?: boolean; name?: stri
 }
 
 function createCluster(url: string, options: RedisOptions): Cluster {
-  const parsed = new URL(url.replace(/^redis\+cluster:/, 'redis:'));
+  const parsed = new URL(url.replace(/^(rediss?)\+cluster:/, '$1:'));
+  const tls = parsed.protocol === 'rediss:';
   return new Cluster([{ host: parsed.hostname, port: Number(parsed.port || 6379) }], {
-    redisOptions: { ...options, password: decodeURIComponent(parsed.password) || undefined },
+    redisOptions: {
+      ...options,
+      username: decodeURIComponent(parsed.username) || undefined,
+      password: decodeURIComponent(parsed.password) || undefined,
+      // The nodes' certificates name the configuration endpoint, not the IPs the cluster announces.
+      ...(tls ? { tls: { servername: parsed.hostname } } : {}),
+    },
+    // Managed clusters announce node addresses that must be used as given (ioredis docs, "Special note: AWS ElastiCache").
+    ...(tls ? { dnsLookup: (address: string, callback: (err: null, address: string) => void) => callback(null, address) } : {}),
     clusterRetryStrategy: retryStrategy,
   });
 }
 
 function ignoreError(): void {}
 
-/** True for the URLs `createRedis` opens as a Redis Cluster: `redis+cluster://…` or `…?cluster=1`. */
+/** True for the URLs `createRedis` opens as a Redis Cluster: `redis+cluster://…`, `rediss+cluster://…` or `…?cluster=1`. */
 export function isClusterUrl(url: string): boolean {
-  if (url.startsWith('redis+cluster:')) return true;
+  if (/^rediss?\+cluster:/.test(url)) return true;
   try {
     return new URL(url).searchParams.get('cluster') === '1';
   } catch {
