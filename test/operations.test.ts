@@ -1,8 +1,8 @@
-import { Queue } from 'bullmq';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { startWorker } from '../apps/worker/src/index.js';
 import { startFakeDify, type FakeDify } from './fakes/fake-dify.js';
 import { FakeWeChat } from './fakes/fake-wechat.js';
+import { readAnswerJob } from './helpers/answer-job.js';
 import { startStack, testEnv, type Stack } from './helpers/stack.js';
 import { eventually, nextMsgId, slowQuery, twoModesConfigFile } from './helpers/wechat-timing.js';
 
@@ -208,14 +208,22 @@ describe('operating the service', () => {
     expect((await quick).reply?.Content).toBe('Echo: graceful');
 
     // Cannot finish: cancelled at the end of a short grace, handed back, and answered by a new worker.
-    const { startWorker } = await import('../apps/worker/src/index.js');
     const first = await startWorker(stack.config, stack.logger, { port: null });
-    const slow = sim.attempt(sim.messageXml('o_handed_back', { MsgType: 'text', Content: slowQuery('handed back', 1200), MsgId: nextMsgId() }), 3000);
+    const msgId = nextMsgId();
+    const jobId = `m~default~o_handed_back~${msgId}`;
+    const slow = sim.attempt(sim.messageXml('o_handed_back', { MsgType: 'text', Content: slowQuery('handed back', 1200), MsgId: msgId }), 3000);
     await new Promise((r) => setTimeout(r, 200));
     await first.close(100);
+    // Handed back untouched: no attempt used, no failure recorded (a failed attempt would leave
+    // attemptsMade 1 and a failedReason, and BullMQ would retry it after its back-off).
+    const handedBack = await readAnswerJob(inject('redisUrl'), stack.config.queuePrefix, jobId);
+    expect(handedBack).toMatchObject({ attemptsMade: 0, failedReason: undefined });
+    expect(['delayed', 'waiting']).toContain(handedBack!.state);
     const second = await startWorker(stack.config, stack.logger, { port: null });
     expect((await slow).reply?.Content).toBe('Echo: handed back');
     expect(dify.runRequests().filter((r) => (r.body as { query: string }).query.endsWith('handed back'))).toHaveLength(2);
+    // The second worker's run is the job's one and only used attempt.
+    expect(await readAnswerJob(inject('redisUrl'), stack.config.queuePrefix, jobId)).toMatchObject({ state: 'completed', attemptsMade: 1 });
     await second.close();
     await stack.ingress.close();
   });
