@@ -420,6 +420,25 @@ describe('deploy/ manifests', () => {
   });
 });
 
+describe('operator documentation', () => {
+  it('writes a Redis Cluster URL one way everywhere: redis+cluster://, as the README does', () => {
+    const docs = ['README.md', 'deploy/README.md', 'deploy/base/secret.example.yaml', '.env.example'];
+    const texts = docs.map((f) => readFileSync(join(ROOT, f), 'utf8'));
+    expect(docs.filter((_, i) => /[?&]cluster=1/.test(texts[i]!))).toEqual([]);
+    for (const f of ['README.md', 'deploy/README.md', 'deploy/base/secret.example.yaml']) {
+      expect(texts[docs.indexOf(f)], f).toContain('redis+cluster://');
+    }
+  });
+
+  it('says a job cut off at shutdown is handed back without using an attempt, not failed and retried', () => {
+    for (const f of ['deploy/README.md', 'deploy/base/worker-deployment.yaml', 'README.md']) {
+      const text = readFileSync(join(ROOT, f), 'utf8').replace(/\s*#\s*|\s+/g, ' ');
+      expect(text, f).toMatch(/handed back to the queue without using one of (its|their) attempts/);
+      expect(text, f).not.toMatch(/BullMQ retries (it|them|the job)/i);
+    }
+  });
+});
+
 describe('docker-compose.yml and Dockerfile', () => {
   const compose = parseYaml(readFileSync(join(ROOT, 'docker-compose.yml'), 'utf8')) as Manifest;
   const dockerfile = readFileSync(join(ROOT, 'Dockerfile'), 'utf8')
