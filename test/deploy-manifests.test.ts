@@ -466,6 +466,8 @@ describe('docker-compose.yml and Dockerfile', () => {
     expect(ingress.environment.PORT).toBe('8080');
     expect([ingress.healthcheck?.test].flat().join(' ')).toContain('http://127.0.0.1:8080/readyz');
     expect(ingress.depends_on.redis.condition).toBe('service_healthy');
+    // The ingress exits within 10 s of SIGTERM; docker's SIGKILL must come later.
+    expect(Number(/^(\d+)s$/.exec(ingress.stop_grace_period)?.[1])).toBeGreaterThanOrEqual(15);
   });
 
   it('keeps the worker scalable (no container name, no host port) with a stop grace covering SHUTDOWN_GRACE_MS', () => {
