@@ -152,7 +152,10 @@ describe('operating the service', () => {
     const sim = stack.simulator('plain');
     // Nobody takes the job: the attempt is cut, the job stays queued.
     await sim.attempt(sim.messageXml('o_depth', { MsgType: 'text', Content: slowQuery('depth', 1500), MsgId: nextMsgId() }), 300);
-    const waiting = await scrape(stack.ingress.url);
+    const waiting = await eventually(async () => {
+      const text = await scrape(stack.ingress.url);
+      return depth(text, 'waiting') > 0 ? text : undefined;
+    });
     expect(depth(waiting, 'waiting')).toBe(1);
     expect(depth(waiting, 'active')).toBe(0);
     const worker = await startWorker(stack.config, stack.logger, { port: 0, host: '127.0.0.1' });
