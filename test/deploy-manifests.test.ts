@@ -1,6 +1,6 @@
 import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
-import { dirname, join, relative, resolve } from 'node:path';
+import { dirname, join, matchesGlob, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ScaledObject, TriggerAuthentication } from '@kubernetes-models/keda/keda.sh/v1alpha1';
 import { Deployment } from 'kubernetes-models/apps/v1';
@@ -9,6 +9,7 @@ import { PodDisruptionBudget } from 'kubernetes-models/policy/v1';
 import { ConfigMap, Secret, Service } from 'kubernetes-models/v1';
 import { describe, expect, it } from 'vitest';
 import { parse as parseYaml, parseAllDocuments } from 'yaml';
+import { buildKustomization } from './helpers/kustomize.js';
 
 /*
  * Offline checks of the shipping artefacts: deploy/ (kustomize), docker-compose.yml, Dockerfile.
@@ -262,9 +263,10 @@ describe('deploy/ manifests', () => {
         if (statSync(path).isDirectory()) expect(existsSync(join(path, 'kustomization.yaml')), `${file}: ${res}`).toBe(true);
       }
     }
+    // Every file in deploy/base, including one that holds only comments or fails to parse.
     const listed = new Set(kustomizations.find((k) => k.file.startsWith('deploy/base/'))!.obj.resources);
-    const unlisted = [...new Set(BASE.map((d) => d.file.replace('deploy/base/', '')))].filter((f) => !listed.has(f));
-    expect(unlisted).toEqual(['secret.example.yaml']);
+    const files = readdirSync(join(DEPLOY, 'base')).filter((f) => f !== 'kustomization.yaml');
+    expect(files.filter((f) => !listed.has(f))).toEqual(['secret.example.yaml']);
   });
 
   it('patches in the prod overlay only resources and images the base has', () => {
@@ -275,10 +277,40 @@ describe('deploy/ manifests', () => {
     for (const i of prod.images ?? []) expect(images).toContain(i.name);
   });
 
-  it.skipIf(!kubectl)('builds with kubectl kustomize, and the output still validates', () => {
+  it('builds base and overlay (kubectl kustomize where installed, else offline) and the output validates', () => {
     for (const dir of ['deploy/base', 'deploy/overlays/prod']) {
-      const out = execFileSync('kubectl', ['kustomize', join(ROOT, dir)], { encoding: 'utf8' });
-      for (const { obj } of parseDocs(out, dir)) validateManifest(obj);
+      const offline = buildKustomization(join(ROOT, dir));
+      expect(offline.length, dir).toBeGreaterThanOrEqual(9);
+      for (const obj of offline) expect(() => validateManifest(obj), `${dir} ${obj.kind}/${obj.metadata.name}`).not.toThrow();
+      if (!kubectl) continue;
+      // The offline build must agree with the real kustomize wherever both exist.
+      const out = parseDocs(execFileSync('kubectl', ['kustomize', join(ROOT, dir)], { encoding: 'utf8' }), dir).map((d) => d.obj);
+      for (const obj of out) validateManifest(obj);
+      const byName = (list: Manifest[]) => [...list].sort((a, b) => `${a.kind}/${a.metadata.name}`.localeCompare(`${b.kind}/${b.metadata.name}`));
+      expect(byName(offline), dir).toEqual(byName(out));
+    }
+    const prod = buildKustomization(join(ROOT, 'deploy/overlays/prod'));
+    expect(prod.every((d) => d.metadata.namespace === 'wxdify')).toBe(true);
+    expect(prod.find((d) => d.kind === 'HorizontalPodAutoscaler')!.spec.minReplicas).toBe(3);
+  });
+
+  it('probes liveness on /healthz and readiness on /readyz in every Deployment', () => {
+    expect(DEPLOYMENTS.map((d) => d.obj.metadata.name).sort()).toEqual(['wxdify-ingress', 'wxdify-worker']);
+    for (const { file, obj } of DEPLOYMENTS) {
+      for (const c of obj.spec.template.spec.containers as Manifest[]) {
+        expect(c.livenessProbe?.httpGet?.path, file).toBe('/healthz');
+        expect(c.readinessProbe?.httpGet?.path, file).toBe('/readyz');
+      }
+    }
+  });
+
+  it('gives every container resource requests and limits for CPU and memory', () => {
+    for (const { file, obj } of DEPLOYMENTS) {
+      for (const c of obj.spec.template.spec.containers as Manifest[]) {
+        for (const kind of ['requests', 'limits'] as const) {
+          expect(Object.keys(c.resources?.[kind] ?? {}).sort(), `${file} ${c.name} ${kind}`).toEqual(['cpu', 'memory']);
+        }
+      }
     }
   });
 
@@ -297,18 +329,28 @@ describe('deploy/ manifests', () => {
     expect(containerOf('wxdify-ingress').port(svc.spec.ports[0].targetPort)).toBe(8080);
   });
 
-  it('gives the ingress a preStop sleep and a grace period that covers it plus the drain', () => {
-    const spec = find('Deployment', 'wxdify-ingress').spec.template.spec;
-    const preStop = spec.containers[0].lifecycle.preStop.sleep.seconds as number;
-    expect(preStop).toBe(10);
-    expect(spec.terminationGracePeriodSeconds).toBeGreaterThanOrEqual(preStop + 10);
-  });
-
-  it('gives the worker a grace period longer than SHUTDOWN_GRACE_MS', () => {
-    const spec = find('Deployment', 'wxdify-worker').spec.template.spec;
-    const graceMs = Number(envOf(spec.containers[0], 'SHUTDOWN_GRACE_MS'));
+  it('gives every Deployment a preStop sleep and a grace period covering it, the process shutdown and a margin', () => {
+    const config = find('ConfigMap', 'wxdify-config').data as Record<string, string>;
+    // How long each process may take after SIGTERM before it exits on its own (apps/*/src/main.ts):
+    // the ingress within 10 s; the worker SHUTDOWN_GRACE_MS for running jobs + 10 s hard deadline.
+    const graceMs = Number(config.SHUTDOWN_GRACE_MS);
     expect(graceMs).toBe(45_000);
-    expect(spec.terminationGracePeriodSeconds * 1000).toBeGreaterThanOrEqual(graceMs + 10_000);
+    const shutdownMs: Record<string, number> = { 'wxdify-ingress': 10_000, 'wxdify-worker': graceMs + 10_000 };
+    const MARGIN_MS = 5000;
+    for (const { obj } of DEPLOYMENTS) {
+      const name = obj.metadata.name as string;
+      const spec = obj.spec.template.spec;
+      const c = spec.containers[0];
+      // SHUTDOWN_GRACE_MS comes from the ConfigMap only, so the grace period checked here is the one in effect.
+      expect(envOf(c, 'SHUTDOWN_GRACE_MS'), name).toBeUndefined();
+      expect(c.envFrom, name).toContainEqual({ configMapRef: { name: 'wxdify-config' } });
+      const preStop = c.lifecycle?.preStop?.sleep?.seconds as number;
+      expect(preStop, name).toBeGreaterThanOrEqual(5);
+      expect(shutdownMs[name], name).toBeDefined();
+      expect(spec.terminationGracePeriodSeconds * 1000, name).toBeGreaterThanOrEqual(preStop * 1000 + shutdownMs[name]! + MARGIN_MS);
+    }
+    // The ingress's preStop outlasts endpoint removal in kube-proxy and ingress controllers.
+    expect(find('Deployment', 'wxdify-ingress').spec.template.spec.containers[0].lifecycle.preStop.sleep.seconds).toBe(10);
   });
 
   it('runs every pod as non-root on a read-only root filesystem', () => {
@@ -319,8 +361,11 @@ describe('deploy/ manifests', () => {
     }
   });
 
-  it('points KEDA at the answer queue wait list under QUEUE_PREFIX, with credentials from the Secret', () => {
+  it('points KEDA at the worker Deployment and the answer queue wait list under QUEUE_PREFIX, with credentials from the Secret', () => {
     const so = find('ScaledObject', 'wxdify-worker');
+    // KEDA's scaleTargetRef defaults to apps/v1 Deployment; it must be the one running the worker entry.
+    expect(so.spec.scaleTargetRef.kind ?? 'Deployment').toBe('Deployment');
+    expect(find('Deployment', so.spec.scaleTargetRef.name).spec.template.spec.containers[0].command).toEqual(['node', 'apps/worker/dist/main.js']);
     const trigger = so.spec.triggers[0];
     expect(trigger.type).toBe('redis');
     expect(trigger.metadata.listName).toMatch(/:answer:wait$/);
@@ -345,6 +390,25 @@ describe('deploy/ manifests', () => {
     for (const t of [...hpaTargets, ...kedaTargets]) expect(() => find('Deployment', t)).not.toThrow();
   });
 
+  it('scales the ingress with an HPA on CPU utilisation', () => {
+    const hpa = find('HorizontalPodAutoscaler', 'wxdify-ingress');
+    expect(hpa.spec.scaleTargetRef).toEqual({ apiVersion: 'apps/v1', kind: 'Deployment', name: 'wxdify-ingress' });
+    const cpu = (hpa.spec.metrics as Manifest[]).filter((m) => m.type === 'Resource' && m.resource.name === 'cpu');
+    expect(cpu).toHaveLength(1);
+    expect(cpu[0]!.resource.target.type).toBe('Utilization');
+    expect(hpa.spec.minReplicas).toBeGreaterThanOrEqual(2);
+  });
+
+  it('covers every Deployment with exactly one PodDisruptionBudget', () => {
+    const pdbs = BASE.filter((d) => d.obj.kind === 'PodDisruptionBudget').map((d) => d.obj);
+    for (const { obj } of DEPLOYMENTS) {
+      const labels = obj.spec.template.metadata.labels as Record<string, string>;
+      const covering = pdbs.filter((p) => Object.entries(p.spec.selector.matchLabels as Record<string, string>).every(([k, v]) => labels[k] === v));
+      // None leaves drains unbounded; two make the eviction API refuse to evict the pod at all.
+      expect(covering.map((p) => p.metadata.name), obj.metadata.name).toHaveLength(1);
+    }
+  });
+
   it('selects pods that exist from every Service and PodDisruptionBudget', () => {
     const podLabels = DEPLOYMENTS.map((d) => d.obj.spec.template.metadata.labels as Record<string, string>);
     const matches = (sel: Record<string, string>) =>
@@ -356,31 +420,124 @@ describe('deploy/ manifests', () => {
   });
 });
 
+describe('operator documentation', () => {
+  it('writes a Redis Cluster URL one way everywhere: redis+cluster://, as the README does', () => {
+    const docs = ['README.md', 'deploy/README.md', 'deploy/base/secret.example.yaml', '.env.example'];
+    const texts = docs.map((f) => readFileSync(join(ROOT, f), 'utf8'));
+    expect(docs.filter((_, i) => /[?&]cluster=1/.test(texts[i]!))).toEqual([]);
+    for (const f of ['README.md', 'deploy/README.md', 'deploy/base/secret.example.yaml']) {
+      expect(texts[docs.indexOf(f)], f).toContain('redis+cluster://');
+    }
+  });
+
+  it('says a job cut off at shutdown is handed back without using an attempt, not failed and retried', () => {
+    for (const f of ['deploy/README.md', 'deploy/base/worker-deployment.yaml', 'README.md']) {
+      const text = readFileSync(join(ROOT, f), 'utf8').replace(/\s*#\s*|\s+/g, ' ');
+      expect(text, f).toMatch(/handed back to the queue without using one of (its|their) attempts/);
+      expect(text, f).not.toMatch(/BullMQ retries (it|them|the job)/i);
+    }
+  });
+});
+
 describe('docker-compose.yml and Dockerfile', () => {
-  it('runs redis without eviction and with AOF, the ingress, and a scalable worker', () => {
-    const compose = parseYaml(readFileSync(join(ROOT, 'docker-compose.yml'), 'utf8')) as Manifest;
+  const compose = parseYaml(readFileSync(join(ROOT, 'docker-compose.yml'), 'utf8')) as Manifest;
+  const dockerfile = readFileSync(join(ROOT, 'Dockerfile'), 'utf8')
+    .replace(/\\\n/g, ' ')
+    .split('\n')
+    .map((l) => l.trim())
+    .filter((l) => l && !l.startsWith('#'));
+
+  it('runs redis without eviction, with AOF on a named volume, and a health check', () => {
     expect(Object.keys(compose.services).sort()).toEqual(['ingress', 'redis', 'worker']);
-    const { redis, ingress, worker } = compose.services;
+    const { redis } = compose.services;
     const redisCmd = [redis.command].flat().join(' ');
     expect(redisCmd).toMatch(/--maxmemory-policy noeviction/);
     expect(redisCmd).toMatch(/--appendonly yes/);
+    expect([redis.healthcheck?.test].flat().join(' ')).toMatch(/redis-cli.*ping/);
+    // A named volume on Redis's data directory: `docker compose down` keeps the queues and conversations.
+    const volume = (redis.volumes as string[]).map((v) => v.split(':')).find(([, target]) => target === '/data');
+    expect(volume).toBeDefined();
+    expect(Object.keys(compose.volumes ?? {})).toContain(volume![0]);
+  });
+
+  it('publishes the ingress on 8080 with a readiness health check, after Redis is healthy', () => {
+    const { ingress } = compose.services;
     expect(ingress.ports).toEqual(['8080:8080']);
+    expect(ingress.environment.PORT).toBe('8080');
+    expect([ingress.healthcheck?.test].flat().join(' ')).toContain('http://127.0.0.1:8080/readyz');
     expect(ingress.depends_on.redis.condition).toBe('service_healthy');
+    // The ingress exits within 10 s of SIGTERM; docker's SIGKILL must come later.
+    expect(Number(/^(\d+)s$/.exec(ingress.stop_grace_period)?.[1])).toBeGreaterThanOrEqual(15);
+  });
+
+  it('keeps the worker scalable (no container name, no host port) with a stop grace covering SHUTDOWN_GRACE_MS', () => {
+    const { worker } = compose.services;
     expect([worker.command].flat().join(' ')).toBe('node apps/worker/dist/main.js');
     expect(worker.ports).toBeUndefined();
     expect(worker.container_name).toBeUndefined();
-    expect(worker.stop_grace_period).toBe('60s');
+    expect(worker.depends_on.redis.condition).toBe('service_healthy');
+    expect([worker.healthcheck?.test].flat().join(' ')).toContain('http://127.0.0.1:8081/readyz');
+    // Docker has no preStop: the grace covers SHUTDOWN_GRACE_MS plus the worker's own 10 s deadline.
+    const graceMs = Number(worker.environment.SHUTDOWN_GRACE_MS);
+    expect(graceMs).toBeGreaterThan(0);
+    expect(Number(/^(\d+)s$/.exec(worker.stop_grace_period)?.[1]) * 1000).toBeGreaterThanOrEqual(graceMs + 10_000);
   });
 
-  it('builds from node:24 and runs as a non-root user with an exec-form CMD', () => {
-    const lines = readFileSync(join(ROOT, 'Dockerfile'), 'utf8').split('\n').map((l) => l.trim());
-    const froms = lines.filter((l) => /^FROM\s/i.test(l));
+  it('reads the configuration from an env file, documented by .env.example', () => {
+    for (const name of ['ingress', 'worker']) {
+      expect([compose.services[name].env_file].flat(), name).toEqual(['.env']);
+    }
+    const example = readFileSync(join(ROOT, '.env.example'), 'utf8');
+    for (const key of ['WECHAT_APP_ID', 'WECHAT_TOKEN', 'DIFY_API_KEY']) expect(example).toMatch(new RegExp(`^${key}=`, 'm'));
+  });
+
+  it('builds in stages from node:24 and runs as a non-root user with an exec-form CMD', () => {
+    const froms = dockerfile.filter((l) => /^FROM\s/i.test(l));
     expect(froms.length).toBeGreaterThanOrEqual(2);
-    for (const f of froms) expect(f).toMatch(/^FROM node:24/);
-    const users = lines.filter((l) => /^USER\s/i.test(l));
+    for (const f of froms) expect(f).toMatch(/^FROM node:24[-.\w]* AS \w+$/i);
+    const stages = froms.map((f) => f.split(/\s+/).at(-1));
+    for (const l of dockerfile.filter((x) => /^COPY\s+--from=/i.test(x))) {
+      expect(stages.slice(0, -1), l).toContain(/--from=(\S+)/.exec(l)![1]);
+    }
+    const users = dockerfile.filter((l) => /^USER\s/i.test(l));
     expect(users).toHaveLength(1);
     expect(users[0]).not.toMatch(/^USER\s+(root|0)(:|$)/i);
-    const cmd = lines.filter((l) => /^CMD\s/i.test(l));
+    const cmd = dockerfile.filter((l) => /^CMD\s/i.test(l));
     expect(cmd).toEqual(['CMD ["node", "apps/ingress/dist/main.js"]']);
+  });
+
+  it('installs only production dependencies in the image it ships', () => {
+    const last = dockerfile.slice(dockerfile.findLastIndex((l) => /^FROM\s/i.test(l)));
+    const installs = last.filter((l) => /^RUN\s.*\bnpm (ci|install)\b/.test(l));
+    expect(installs).toHaveLength(1);
+    expect(installs[0]).toMatch(/--omit=dev/);
+    // Nothing from the build stage but compiled output (its node_modules holds the dev tools).
+    for (const l of last.filter((x) => /^COPY\s+--from=/i.test(x))) expect(l, l).toMatch(/\/dist\s+\S+\/dist$/);
+  });
+
+  it('copies only paths that exist in the repository and that .dockerignore lets into the build context', () => {
+    const ignore = readFileSync(join(ROOT, '.dockerignore'), 'utf8').split('\n').map((l) => l.trim()).filter((l) => l && !l.startsWith('#'));
+    // Docker excludes a path when the last matching pattern (on it or a parent) is not a `!` exception.
+    const ignored = (path: string) => {
+      const parts = path.split('/');
+      const candidates = parts.map((_, i) => parts.slice(0, i + 1).join('/'));
+      let out = false;
+      for (const pattern of ignore) {
+        const negated = pattern.startsWith('!');
+        const glob = negated ? pattern.slice(1) : pattern;
+        if (candidates.some((c) => matchesGlob(c, glob))) out = !negated;
+      }
+      return out;
+    };
+    const sources = dockerfile
+      .filter((l) => /^COPY\s/i.test(l) && !/--from=/i.test(l))
+      .flatMap((l) => l.split(/\s+/).slice(1).filter((a) => !a.startsWith('--')).slice(0, -1));
+    expect(sources.length).toBeGreaterThan(5);
+    for (const src of sources) {
+      expect(existsSync(join(ROOT, src)), src).toBe(true);
+      expect(ignored(src), `${src} is excluded by .dockerignore`).toBe(false);
+    }
+    // The check itself: these are kept out of the context.
+    expect(['apps/worker/node_modules', 'test', '.env', 'README.md'].map(ignored)).toEqual([true, true, true, true]);
   });
 });

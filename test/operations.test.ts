@@ -1,12 +1,16 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { startWorker } from '../apps/worker/src/index.js';
 import { startFakeDify, type FakeDify } from './fakes/fake-dify.js';
+import { FakeWeChat } from './fakes/fake-wechat.js';
+import { readAnswerJob } from './helpers/answer-job.js';
 import { startStack, testEnv, type Stack } from './helpers/stack.js';
-import { nextMsgId, slowQuery } from './helpers/wechat-timing.js';
+import { eventually, nextMsgId, slowQuery, twoModesConfigFile } from './helpers/wechat-timing.js';
 
 const metricValue = (text: string, name: string, labels: string) => {
   const line = text.split('\n').find((l) => l.startsWith(`${name}{`) && labels.split(',').every((kv) => l.includes(kv)));
   return line ? Number(line.split(' ').at(-1)) : 0;
 };
+const scrape = async (url: string) => (await fetch(`${url}/metrics`)).text();
 
 describe('operating the service', () => {
   let dify: FakeDify;
@@ -63,6 +67,116 @@ describe('operating the service', () => {
     });
   });
 
+  describe("metrics on each delivery path (WeChat's 5 s shrunk to 1 s; accounts `push` and `wait`)", () => {
+    const WINDOW = 1000;
+    let wechat: FakeWeChat;
+    let stack: Stack;
+    beforeAll(async () => {
+      wechat = await new FakeWeChat().start();
+      const env = testEnv({ dify, overrides: { CONFIG_FILE: twoModesConfigFile(dify, wechat.url), WECHAT_TIMEOUT_MS: String(WINDOW), REPLY_MARGIN_MS: '100' } });
+      stack = await startStack(env, { workerPort: 0 });
+    });
+    afterAll(async () => {
+      await stack.close();
+      await wechat.close();
+    });
+    const send = (account: string, openId: string, content: string) => {
+      const sim = stack.simulator('plain', account);
+      return sim.deliver(sim.messageXml(openId, { MsgType: 'text', Content: content, MsgId: nextMsgId() }), WINDOW);
+    };
+    const both = async () => ({ ingress: await scrape(stack.ingress.url), worker: await scrape(stack.workers[0]!.url!) });
+
+    it("times each Dify answer on the worker: first event and whole duration, one observation per answer", async () => {
+      for (const n of [1, 2]) {
+        const before = await both();
+        const result = await send('wait', `o_timed_${n}`, `timed ${n}`);
+        expect(result.accepted).toMatchObject({ attempt: 1, reply: { Content: `Echo: timed ${n}` } });
+        const after = await both();
+        for (const name of ['wxdify_dify_first_event_seconds_count', 'wxdify_dify_duration_seconds_count']) {
+          expect(metricValue(after.worker, name, 'component="worker"'), name).toBe(metricValue(before.worker, name, 'component="worker"') + 1);
+        }
+        const passive = ['wxdify_answers_delivered_total', 'account="wait",path="passive_1"'] as const;
+        expect(metricValue(after.ingress, ...passive)).toBe(metricValue(before.ingress, ...passive) + 1);
+      }
+    });
+
+    it.each([
+      ['llm_error', 'dify_stream'],
+      ['provider_error', 'dify_http'],
+    ])('counts a Dify failure (%s) under its code (%s) on the worker', async (scenario, code) => {
+      const before = await scrape(stack.workers[0]!.url!);
+      const result = await send('wait', `o_fail_${scenario}`, `[[scenario:${scenario}]] fail`);
+      // The follower gets an apology, not Dify's error text.
+      expect(result.accepted?.reply?.Content).toBeTruthy();
+      expect(result.accepted?.reply?.Content).not.toContain('Echo');
+      const after = await scrape(stack.workers[0]!.url!);
+      expect(metricValue(after, 'wxdify_dify_errors_total', `code="${code}"`)).toBe(metricValue(before, 'wxdify_dify_errors_total', `code="${code}"`) + 1);
+    });
+
+    it("counts an answer given on WeChat's second attempt as passive_2, with its latency from the first arrival", async () => {
+      const before = await scrape(stack.ingress.url);
+      const result = await send('wait', 'o_second_attempt', slowQuery('second attempt', 1300));
+      expect(result.attempts.map((a) => a.status)).toEqual([503, 200]);
+      expect(result.accepted?.reply?.Content).toBe('Echo: second attempt');
+      const after = await scrape(stack.ingress.url);
+      const delta = (name: string, labels: string) => metricValue(after, name, labels) - metricValue(before, name, labels);
+      expect(delta('wxdify_answers_delivered_total', 'account="wait",path="passive_2"')).toBe(1);
+      expect(delta('wxdify_answers_delivered_total', 'account="wait",path="passive_1"')).toBe(0);
+      expect(delta('wxdify_answer_latency_seconds_count', 'path="passive_2"')).toBe(1);
+      // Measured from the first attempt's arrival: Dify alone took 1.3 s.
+      expect(delta('wxdify_answer_latency_seconds_sum', 'path="passive_2"')).toBeGreaterThanOrEqual(1.25);
+      expect(delta('wxdify_answer_latency_seconds_sum', 'path="passive_2"')).toBeLessThan(2.5);
+    });
+
+    it('counts a late answer pushed with the customer-service API as pushed, on the worker', async () => {
+      const metric = ['wxdify_answers_delivered_total', 'account="push",path="pushed"'] as const;
+      const latency = ['wxdify_answer_latency_seconds_count', 'path="pushed"'] as const;
+      const before = await scrape(stack.workers[0]!.url!);
+      const result = await send('push', 'o_pushed', slowQuery('pushed late', 3500));
+      expect(result.attempts.map((a) => a.status)).toEqual([503, 503, 200]);
+      await eventually(() => wechat.textsTo('o_pushed').includes('Echo: pushed late') || undefined, 5000);
+      const after = await eventually(async () => {
+        const text = await scrape(stack.workers[0]!.url!);
+        return metricValue(text, ...metric) > metricValue(before, ...metric) ? text : undefined;
+      });
+      expect(metricValue(after, ...metric)).toBe(metricValue(before, ...metric) + 1);
+      expect(metricValue(after, ...latency)).toBe(metricValue(before, ...latency) + 1);
+      const sum = metricValue(after, 'wxdify_answer_latency_seconds_sum', 'path="pushed"') - metricValue(before, 'wxdify_answer_latency_seconds_sum', 'path="pushed"');
+      expect(sum).toBeGreaterThanOrEqual(3.4);
+    });
+  });
+
+  it('reports real queue depths: a job waits while no worker runs, is active while one answers, then leaves both', async () => {
+    const stack = await startStack(testEnv({ dify }), { workers: 0 });
+    const depth = (text: string, state: string) => metricValue(text, 'wxdify_queue_jobs', `queue="answer",state="${state}"`);
+    const sim = stack.simulator('plain');
+    // Nobody takes the job: the attempt is cut, the job stays queued.
+    await sim.attempt(sim.messageXml('o_depth', { MsgType: 'text', Content: slowQuery('depth', 1500), MsgId: nextMsgId() }), 300);
+    const waiting = await eventually(async () => {
+      const text = await scrape(stack.ingress.url);
+      return depth(text, 'waiting') > 0 ? text : undefined;
+    });
+    expect(depth(waiting, 'waiting')).toBe(1);
+    expect(depth(waiting, 'active')).toBe(0);
+    const worker = await startWorker(stack.config, stack.logger, { port: 0, host: '127.0.0.1' });
+    try {
+      const active = await eventually(async () => {
+        const text = await scrape(worker.url!);
+        return depth(text, 'active') === 1 ? text : undefined;
+      });
+      expect(depth(active, 'waiting')).toBe(0);
+      expect(active).toContain('wxdify_queue_jobs{queue="answer",state="active",component="worker"} 1');
+      const done = await eventually(async () => {
+        const text = await scrape(stack.ingress.url);
+        return depth(text, 'active') === 0 ? text : undefined;
+      }, 5000);
+      expect(depth(done, 'waiting')).toBe(0);
+    } finally {
+      await stack.close();
+      await worker.close(1000);
+    }
+  });
+
   it('has no dashboard (404) without an admin password', async () => {
     const stack = await startStack(testEnv({ dify }));
     try {
@@ -97,14 +211,22 @@ describe('operating the service', () => {
     expect((await quick).reply?.Content).toBe('Echo: graceful');
 
     // Cannot finish: cancelled at the end of a short grace, handed back, and answered by a new worker.
-    const { startWorker } = await import('../apps/worker/src/index.js');
     const first = await startWorker(stack.config, stack.logger, { port: null });
-    const slow = sim.attempt(sim.messageXml('o_handed_back', { MsgType: 'text', Content: slowQuery('handed back', 1200), MsgId: nextMsgId() }), 3000);
+    const msgId = nextMsgId();
+    const jobId = `m~default~o_handed_back~${msgId}`;
+    const slow = sim.attempt(sim.messageXml('o_handed_back', { MsgType: 'text', Content: slowQuery('handed back', 1200), MsgId: msgId }), 3000);
     await new Promise((r) => setTimeout(r, 200));
     await first.close(100);
+    // Handed back untouched: no attempt used, no failure recorded (a failed attempt would leave
+    // attemptsMade 1 and a failedReason, and BullMQ would retry it after its back-off).
+    const handedBack = await readAnswerJob(inject('redisUrl'), stack.config.queuePrefix, jobId);
+    expect(handedBack).toMatchObject({ attemptsMade: 0, failedReason: undefined });
+    expect(['delayed', 'waiting']).toContain(handedBack!.state);
     const second = await startWorker(stack.config, stack.logger, { port: null });
     expect((await slow).reply?.Content).toBe('Echo: handed back');
     expect(dify.runRequests().filter((r) => (r.body as { query: string }).query.endsWith('handed back'))).toHaveLength(2);
+    // The second worker's run is the job's one and only used attempt.
+    expect(await readAnswerJob(inject('redisUrl'), stack.config.queuePrefix, jobId)).toMatchObject({ state: 'completed', attemptsMade: 1 });
     await second.close();
     await stack.ingress.close();
   });
