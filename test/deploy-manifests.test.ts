@@ -9,7 +9,6 @@ import { PodDisruptionBudget } from 'kubernetes-models/policy/v1';
 import { ConfigMap, Secret, Service } from 'kubernetes-models/v1';
 import { describe, expect, it } from 'vitest';
 import { parse as parseYaml, parseAllDocuments } from 'yaml';
-import { buildKustomization } from './helpers/kustomize.js';
 
 /*
  * Offline checks of the shipping artefacts: deploy/ (kustomize), docker-compose.yml, Dockerfile.
@@ -277,19 +276,17 @@ describe('deploy/ manifests', () => {
     for (const i of prod.images ?? []) expect(images).toContain(i.name);
   });
 
-  it('builds base and overlay (kubectl kustomize where installed, else offline) and the output validates', () => {
+  // kubectl ships with this project's machine image (and kustomize inside it); every file above is
+  // validated on its own either way, so a machine without kubectl loses only the overlay's output check.
+  it.skipIf(!kubectl)('builds base and overlay with kubectl kustomize and the output validates', () => {
+    const build = (dir: string) =>
+      parseDocs(execFileSync('kubectl', ['kustomize', join(ROOT, dir)], { encoding: 'utf8' }), dir).map((d) => d.obj);
     for (const dir of ['deploy/base', 'deploy/overlays/prod']) {
-      const offline = buildKustomization(join(ROOT, dir));
-      expect(offline.length, dir).toBeGreaterThanOrEqual(9);
-      for (const obj of offline) expect(() => validateManifest(obj), `${dir} ${obj.kind}/${obj.metadata.name}`).not.toThrow();
-      if (!kubectl) continue;
-      // The offline build must agree with the real kustomize wherever both exist.
-      const out = parseDocs(execFileSync('kubectl', ['kustomize', join(ROOT, dir)], { encoding: 'utf8' }), dir).map((d) => d.obj);
-      for (const obj of out) validateManifest(obj);
-      const byName = (list: Manifest[]) => [...list].sort((a, b) => `${a.kind}/${a.metadata.name}`.localeCompare(`${b.kind}/${b.metadata.name}`));
-      expect(byName(offline), dir).toEqual(byName(out));
+      const out = build(dir);
+      expect(out.length, dir).toBeGreaterThanOrEqual(9);
+      for (const obj of out) expect(() => validateManifest(obj), `${dir} ${obj.kind}/${obj.metadata.name}`).not.toThrow();
     }
-    const prod = buildKustomization(join(ROOT, 'deploy/overlays/prod'));
+    const prod = build('deploy/overlays/prod');
     expect(prod.every((d) => d.metadata.namespace === 'wxdify')).toBe(true);
     expect(prod.find((d) => d.kind === 'HorizontalPodAutoscaler')!.spec.minReplicas).toBe(3);
   });
