@@ -515,6 +515,31 @@ describe('DifyClient lost conversation', () => {
     expect(fake.runRequests()[0]?.clientClosed).toBe(true);
   });
 
+  it('recovers from a hang on a deleted conversation once GET /messages answers 404', async () => {
+    const { fake, dify } = await setup({ unknownConversation: 'hang', pingIntervalMs: 10, answer: 'new context' }, { idleTimeoutMs: 150 });
+    const deleted = fake.createConversation(USER);
+    fake.deleteConversation(USER, deleted);
+    const ids: string[] = [];
+    const answer = await ask(dify, 'hi', { conversationId: deleted, onConversationId: (id) => { ids.push(id); } });
+    expect(answer.text).toBe('new context');
+    await expectReset(fake, answer, deleted, ids);
+    const checks = fake.requests.filter((r) => r.path === '/v1/messages');
+    expect(checks.map((r) => r.status)).toEqual([404]);
+    expect(Object.fromEntries(new URL(checks[0]!.url, fake.origin).searchParams)).toEqual({ conversation_id: deleted, user: USER, limit: '1' });
+  });
+
+  it('keeps the conversation of a slow start that GET /messages still knows, and reports the timeout', async () => {
+    const { fake, dify } = await setup({ pingIntervalMs: 10 }, { idleTimeoutMs: 150 });
+    const kept = fake.createConversation(USER);
+    const onConversationId = vi.fn();
+    const err = await rejection(ask(dify, '[[scenario:slow+delay=600]] hi', { conversationId: kept, onConversationId }));
+    expect(err).toMatchObject({ code: 'dify_timeout', retryable: false });
+    expect(fake.runRequests()).toHaveLength(1);
+    expect(fake.requests.filter((r) => r.path === '/v1/messages').map((r) => r.status)).toEqual([200]);
+    expect(onConversationId).not.toHaveBeenCalled();
+    expect(fake.conversationIds(USER)).toEqual([kept]);
+  });
+
   it('resets only once', async () => {
     const { fake, dify } = await setup();
     fake.enqueue('gone_http', 'error_null');

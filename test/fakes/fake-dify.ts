@@ -11,6 +11,7 @@
 // `POST /v1/audio-to-text` takes multipart `file` + `user` with Dify's checks: speech-to-text off
 // (the default; `speechToText: true` turns it on) is 400 speech_to_text_disabled, a part type other
 // than audio/mp3|m4a|x-m4a|wav|amr|mpga is 415, over 30 MB 413; each accepted file is in `audioUploads`.
+// `GET /v1/messages` lists a conversation's messages, 404 for one the user does not have (deleted or unknown).
 import { randomBytes, randomUUID } from 'node:crypto';
 import { createServer, type IncomingHttpHeaders, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -179,7 +180,7 @@ class HttpFail extends Error {
 }
 
 interface Task { user: string; stop(): void }
-interface Conversation { id: string; inputs: unknown; deleted: boolean }
+interface Conversation { id: string; inputs: unknown; deleted: boolean; messages: Array<{ id: string; conversation_id: string; query: string; created_at: number }> }
 
 /** Starts a fake Dify on 127.0.0.1 with a free port; `baseUrl` ends in `/v1`. */
 export async function startFakeDify(opts: FakeDifyOptions = {}): Promise<FakeDify> {
@@ -274,6 +275,10 @@ export async function startFakeDify(opts: FakeDifyOptions = {}): Promise<FakeDif
       authenticate(req);
       return audioToText(req, res, bytes, rec);
     }
+    if (m === 'GET' && sub === '/messages') {
+      authenticate(req);
+      return listMessages(res, url);
+    }
     if (m === 'DELETE' && (match = /^\/conversations\/([^/]+)$/.exec(sub))) {
       const id = match[1] ?? '';
       if (!UUID_RE.test(id)) throw new HttpFail(404, 'not_found', WERKZEUG_404);
@@ -296,6 +301,23 @@ export async function startFakeDify(opts: FakeDifyOptions = {}): Promise<FakeDif
     const [scheme, token] = header.split(/\s+/, 2);
     if (scheme?.toLowerCase() !== 'bearer') throw new HttpFail(401, 'unauthorized', "Authorization scheme must be 'Bearer'");
     if (token !== options.apiKey) throw new HttpFail(401, 'unauthorized', 'Access token is invalid');
+  }
+
+  /**
+   * `GET /messages?conversation_id&user&limit`, newest first: user from the query string, chat modes
+   * only, and 404 "Conversation Not Exists." for a conversation this user does not have (dify-api.md §5.6).
+   */
+  function listMessages(res: ServerResponse, url: URL): void {
+    const user = url.searchParams.get('user');
+    if (!user) throw new HttpFail(400, 'invalid_param', 'Arg user must be provided.');
+    if (!CHAT_FAMILY.has(options.mode)) throw new HttpFail(400, 'not_chat_app', ROUTE_MISMATCH);
+    const id = url.searchParams.get('conversation_id');
+    if (!id) throw new HttpFail(400, 'invalid_param', 'conversation_id is required');
+    const conv = convs(user).get(id);
+    if (!conv || conv.deleted) throw new HttpFail(404, 'not_found', 'Conversation Not Exists.');
+    const limit = Math.min(100, Math.max(1, Number(url.searchParams.get('limit') ?? 20) || 20));
+    const newestFirst = [...conv.messages].reverse();
+    sendJson(res, 200, { limit, has_more: newestFirst.length > limit, data: newestFirst.slice(0, limit) });
   }
 
   /** Dify's AudioService order: user, feature switch, file present, part type, size. */
@@ -368,7 +390,7 @@ export async function startFakeDify(opts: FakeDifyOptions = {}): Promise<FakeDif
       picked.take();
       if (CHAT_FAMILY.has(mode)) {
         conversationId = randomUUID();
-        convs(user).set(conversationId, { id: conversationId, inputs: body.inputs, deleted: false });
+        convs(user).set(conversationId, { id: conversationId, inputs: body.inputs, deleted: false, messages: [] });
       }
     }
     if (!streaming) return answerBlocking(res, mode, conversationId, picked.query);
@@ -376,6 +398,7 @@ export async function startFakeDify(opts: FakeDifyOptions = {}): Promise<FakeDif
     const framing: Framing = { ...options.framing, ...(typeof sc === 'function' ? {} : stripName(sc)) };
     const s = openStream(res, mode, framing, { body, user, query: picked.query, conversationId });
     tasks.set(s.taskId, { user, stop: () => s.markStopped() });
+    convs(user).get(conversationId)?.messages.push({ id: s.messageId, conversation_id: conversationId, query: picked.query, created_at: now() });
     active++;
     try {
       if (typeof sc === 'function') await sc(s);
@@ -588,7 +611,7 @@ export async function startFakeDify(opts: FakeDifyOptions = {}): Promise<FakeDif
     serveFile: (ext = 'png', body) => serveFile(ext, body),
     createConversation: (user) => {
       const id = randomUUID();
-      convs(user).set(id, { id, inputs: {}, deleted: false });
+      convs(user).set(id, { id, inputs: {}, deleted: false, messages: [] });
       return id;
     },
     deleteConversation: (user, id) => {

@@ -93,6 +93,8 @@ const DEFAULT_RETRY = { attempts: 2, baseDelayMs: 500 };
 const TERMINAL_GRACE_MS = 2_000;
 const ERROR_BODY_LIMIT = 64 * 1024;
 const STOP_TIMEOUT_MS = 5_000;
+/** The lookup that tells a lost conversation from a slow answer. */
+const CONVERSATION_CHECK_TIMEOUT_MS = 10_000;
 /** Speech-to-text of a WeChat voice (at most 60 s) takes seconds; the total deadline still caps it. */
 const AUDIO_TO_TEXT_TIMEOUT_MS = 60_000;
 
@@ -267,7 +269,7 @@ async function runAttempt(ctx: Ctx, conversationId: string | undefined): Promise
     return finish(ctx, state);
   } catch (err) {
     if (err instanceof AppError) throw err;
-    if (dog.reason) return onGiveUp(ctx, state, dog.reason, conversationId);
+    if (dog.reason) return await onGiveUp(ctx, state, dog.reason, conversationId);
     return onBrokenStream(ctx, state, err);
   } finally {
     dog.clear();
@@ -347,18 +349,45 @@ function finish(ctx: Ctx, state: AnswerState): AttemptAnswer {
 }
 
 /** The watchdog fired or the caller aborted: the request is already aborted. */
-function onGiveUp(ctx: Ctx, state: AnswerState, reason: StopReason, conversationId: string | undefined): AttemptAnswer {
+async function onGiveUp(ctx: Ctx, state: AnswerState, reason: StopReason, conversationId: string | undefined): Promise<AttemptAnswer> {
   if (reason === 'caller') throw callerAborted(ctx.req.signal);
   // a terminal event arrived and the server just did not close: the answer is complete
   if (state.terminal) return finish(ctx, state);
-  if (reason === 'idle' && conversationId !== undefined && state.dataEvents === 0) {
-    // Dify versions that look the conversation up inside the generator hang with pings only (#38800)
-    throw new AppError('dify_conversation_gone', `no data event for ${ctx.opts.idleTimeoutMs} ms with a stored conversation`);
+  // Dify versions that look the conversation up inside the generator hang with pings only (#38800),
+  // but so does a slow model: drop the conversation (and pay for a second answer) only once Dify
+  // confirms it is gone, or the follower loses their context to a slow answer.
+  if (reason === 'idle' && conversationId !== undefined && state.dataEvents === 0 && (await isConversationGone(ctx, conversationId))) {
+    throw new AppError('dify_conversation_gone', `no data event for ${ctx.opts.idleTimeoutMs} ms and GET /messages answers 404`);
   }
   const what = reason === 'idle'
     ? `no data event from dify for ${ctx.opts.idleTimeoutMs} ms`
     : `dify answer exceeded ${ctx.opts.totalTimeoutMs} ms`;
   throw new AppError('dify_timeout', `${what} (${state.dataEvents} events, ${state.text.length} chars)`);
+}
+
+/**
+ * `GET /messages?conversation_id&user&limit=1` (dify-api.md §4.4): true only on 404 "Conversation
+ * Not Exists"; any other answer, or none, leaves the conversation alone.
+ */
+async function isConversationGone(ctx: Ctx, conversationId: string): Promise<boolean> {
+  const path = '/messages';
+  try {
+    const res = await (await loadGot()).get(`${ctx.base}${path}`, {
+      searchParams: { conversation_id: conversationId, user: ctx.req.user, limit: 1 },
+      headers: authHeader(ctx.opts),
+      throwHttpErrors: false,
+      retry: { limit: 0 },
+      timeout: { request: Math.max(1, Math.min(ctx.opts.idleTimeoutMs, CONVERSATION_CHECK_TIMEOUT_MS, ctx.deadlineAt - Date.now())) },
+      ...(ctx.req.signal ? { signal: ctx.req.signal } : {}),
+    });
+    const body = res.statusCode === 200 ? {} : parseErrorBody(res.body);
+    const gone = res.statusCode === 404 && body.code === 'not_found' && isConversationGoneMessage(body.message);
+    ctx.log.info({ status: res.statusCode, gone }, 'dify conversation checked after a silent stream');
+    return gone;
+  } catch (err) {
+    ctx.log.warn({ path, code: errorCode(err) }, 'dify conversation check failed; keeping the conversation');
+    return false;
+  }
 }
 
 /** A network error: retryable before any event; after text, the answer so far is returned as truncated. */
