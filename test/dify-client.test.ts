@@ -151,19 +151,30 @@ describe('DifyClient app types', () => {
     expect(req?.body).toEqual({ inputs: { lang: 'fr', text: 'translate' }, user: USER, response_mode: 'streaming' });
   });
 
-  it('falls back to the first string output, then to text_chunk text', async () => {
-    const { fake, dify } = await setup({ mode: 'workflow' }, { appType: 'workflow', outputVariable: 'missing' });
+  /** A workflow run that streams `chunks` as text_chunk events and finishes with `outputs`. */
+  function workflowRun(fake: FakeDify, chunks: string[], outputs: Record<string, unknown>): void {
     fake.script(async (s) => {
-      await s.emit('text_chunk', { data: { text: 'streamed' } });
-      await s.emit('workflow_finished', { data: { id: s.workflowRunId, status: 'succeeded', outputs: { n: 1, summary: 'from outputs' } } });
+      for (const text of chunks) await s.emit('text_chunk', { data: { text, from_variable_selector: ['end', 'streamed'] } });
+      await s.emit('workflow_finished', { data: { id: s.workflowRunId, status: 'succeeded', outputs } });
     });
-    fake.script(async (s) => {
-      await s.emit('text_chunk', { data: { text: 'only ' } });
-      await s.emit('text_chunk', { data: { text: 'chunks' } });
-      await s.emit('workflow_finished', { data: { id: s.workflowRunId, status: 'succeeded', outputs: { n: 1 } } });
-    });
-    expect((await ask(dify, 'a')).text).toBe('from outputs');
+  }
+
+  it('takes text_chunk text over the outputs when DIFY_OUTPUT_VARIABLE is unset, else the first string output', async () => {
+    const { fake, dify } = await setup({ mode: 'workflow' }, { appType: 'workflow' });
+    workflowRun(fake, ['stream', 'ed'], { other: 'x', result: 'y' });
+    workflowRun(fake, [], { n: 1, other: 'x', result: 'y' });
+    expect((await ask(dify, 'a')).text).toBe('streamed');
+    expect((await ask(dify, 'b')).text).toBe('x');
+  });
+
+  it('takes the configured output variable over text_chunk text, and text_chunk text when it is missing', async () => {
+    const { fake, dify } = await setup({ mode: 'workflow' }, { appType: 'workflow', outputVariable: 'result' });
+    workflowRun(fake, ['streamed'], { other: 'x', result: 'y' });
+    workflowRun(fake, ['only ', 'chunks'], { other: 'x' });
+    workflowRun(fake, [], { n: 1, other: 'x' });
+    expect((await ask(dify, 'a')).text).toBe('y');
     expect((await ask(dify, 'b')).text).toBe('only chunks');
+    expect((await ask(dify, 'c')).text).toBe('x');
   });
 
   it('puts the query in inputs and query for a completion app', async () => {

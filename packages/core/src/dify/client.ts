@@ -35,7 +35,7 @@ export interface DifyClientOptions {
   appType: DifyAppType;
   /** The input variable that receives the user's text in completion and workflow apps. */
   queryVariable: string;
-  /** The workflow output holding the answer; the first string output otherwise. */
+  /** The workflow output holding the answer; unset: the `text_chunk` text, else the first string output. */
   outputVariable?: string;
   /** Longest wait for a data event (pings do not count). */
   idleTimeoutMs: number;
@@ -331,8 +331,7 @@ function onWorkflowFinished(ctx: Ctx, state: AnswerState, data: WorkflowFinished
 
 /** The answer once the stream is over; no text and no terminal event is an error. */
 function finish(ctx: Ctx, state: AnswerState): AttemptAnswer {
-  const output = pickOutput(state.outputs, ctx.opts.outputVariable);
-  const text = output !== undefined && (ctx.mode === 'workflow' || state.text === '') ? output : state.text;
+  const text = answerText(ctx, state);
   if (!state.terminal && text === '' && state.files.size === 0) {
     throw new AppError('dify_stream', `dify stream ended without an answer after ${state.dataEvents} events`);
   }
@@ -542,11 +541,20 @@ function authHeader(opts: DifyClientOptions): Record<string, string> {
   return { authorization: `Bearer ${opts.apiKey}` };
 }
 
-function pickOutput(outputs: Record<string, unknown> | null | undefined, variable: string | undefined): string | undefined {
-  if (!outputs || typeof outputs !== 'object') return undefined;
+/**
+ * The answer text. A workflow's configured output variable wins (the operator named it); otherwise
+ * the streamed text (`text_chunk`, `message`, ...), else the configured output of a chatflow, else
+ * the first string output. Outputs often hold intermediate strings too, so an unnamed one must not
+ * override what the End node streamed.
+ */
+function answerText(ctx: Ctx, state: AnswerState): string {
+  const outputs = state.outputs && typeof state.outputs === 'object' ? state.outputs : {};
+  const variable = ctx.opts.outputVariable;
   const named = variable === undefined ? undefined : outputs[variable];
+  if (ctx.mode === 'workflow' && typeof named === 'string') return named;
+  if (state.text !== '') return state.text;
   if (typeof named === 'string') return named;
-  return Object.values(outputs).find((v): v is string => typeof v === 'string');
+  return Object.values(outputs).find((v): v is string => typeof v === 'string') ?? '';
 }
 
 /** File objects (`dify_model_identity: "__dify__file__"`) anywhere inside workflow outputs. */
