@@ -217,6 +217,18 @@ describe('DifyClient parameters', () => {
     expect(await dify.acceptsImages()).toBe(true);
   });
 
+  it.each(['chat', 'advanced-chat'] as const)('answers false for a %s app that takes images only as local_file uploads', async (mode) => {
+    const { dify } = await setup({ mode, acceptsImages: true, imageTransferMethods: ['local_file'] });
+    expect(await dify.acceptsImages()).toBe(false);
+  });
+
+  it('is refused by the fake, as by Dify, when a remote_url image is not an allowed method', async () => {
+    const { dify } = await setup({ acceptsImages: true, imageTransferMethods: ['local_file'] });
+    const err = await rejection(ask(dify, 'look', { files: [{ type: 'image', transfer_method: 'remote_url', url: 'http://mmbiz.qpic.cn/a/pic.jpg' }] }));
+    expect(err).toMatchObject({ code: 'dify_http', status: 400, retryable: false });
+    expect(err.message).toContain('File validation failed for file: pic.jpg');
+  });
+
   it('answers false when images are off or /parameters fails', async () => {
     const { dify } = await setup({ acceptsImages: false });
     expect(await dify.acceptsImages()).toBe(false);

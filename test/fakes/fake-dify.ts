@@ -85,6 +85,8 @@ export interface FakeDifyOptions {
   mode?: FakeDifyMode;
   appName?: string;
   acceptsImages?: boolean;
+  /** Transfer methods the app allows for images (`/parameters` and the check of `files[]`). */
+  imageTransferMethods?: string[];
   pingIntervalMs?: number;
   answer?: string | ((query: string) => string);
   /** Delay before the answer text of a normal stream (pings meanwhile). */
@@ -185,7 +187,7 @@ interface Conversation { id: string; inputs: unknown; deleted: boolean; messages
 /** Starts a fake Dify on 127.0.0.1 with a free port; `baseUrl` ends in `/v1`. */
 export async function startFakeDify(opts: FakeDifyOptions = {}): Promise<FakeDify> {
   const options: FakeDify['options'] = {
-    apiKey: 'app-fake-dify-key', mode: 'chat', appName: 'Fake Dify', acceptsImages: false,
+    apiKey: 'app-fake-dify-key', mode: 'chat', appName: 'Fake Dify', acceptsImages: false, imageTransferMethods: ['remote_url', 'local_file'],
     pingIntervalMs: 10_000, answerDelayMs: 0, chunkSize: 4, chunkDelayMs: 0, queryVariable: 'query',
     outputVariable: 'answer', maxActiveRequests: 0, unknownConversation: 'http', hangMs: 300_000,
     filesTtlMs: 300_000, framing: {}, speechToText: false, transcript: 'transcribed voice', ...opts,
@@ -269,7 +271,7 @@ export async function startFakeDify(opts: FakeDifyOptions = {}): Promise<FakeDif
     }
     if (m === 'GET' && sub === '/parameters') {
       authenticate(req);
-      return sendJson(res, 200, parameters(options.mode, options.acceptsImages, options.speechToText));
+      return sendJson(res, 200, parameters(options.mode, options.acceptsImages, options.speechToText, options.imageTransferMethods));
     }
     if (m === 'POST' && sub === '/audio-to-text') {
       authenticate(req);
@@ -360,6 +362,7 @@ export async function startFakeDify(opts: FakeDifyOptions = {}): Promise<FakeDif
     if (sub === '/chat-messages' && (typeof body.query !== 'string' || body.query.trim() === '')) {
       throw new HttpFail(400, 'invalid_param', 'query is required');
     }
+    checkFiles(body.files);
     if (!streaming && mode === 'agent-chat') throw new HttpFail(400, 'invalid_param', 'Agent Chat App does not support blocking mode');
     if (!streaming && mode === 'agent') throw new HttpFail(400, 'bad_request', 'Agent App only supports streaming response mode.');
     if (options.maxActiveRequests > 0 && active >= options.maxActiveRequests) throw tooMany(options.maxActiveRequests);
@@ -409,6 +412,19 @@ export async function startFakeDify(opts: FakeDifyOptions = {}): Promise<FakeDif
       active--;
       tasks.delete(s.taskId);
       await s.end();
+    }
+  }
+
+  /**
+   * Files are silently ignored when the app takes none; otherwise a transfer method its upload config
+   * does not list fails the request (file_factory `_is_file_valid_with_config`, a ValueError: 400).
+   */
+  function checkFiles(files: unknown): void {
+    if (!options.acceptsImages || !Array.isArray(files)) return;
+    for (const f of files as Array<Record<string, unknown>>) {
+      if (options.imageTransferMethods.includes(String(f.transfer_method))) continue;
+      const name = typeof f.url === 'string' ? new URL(f.url, 'http://x').pathname.split('/').pop() : f.upload_file_id;
+      throw new HttpFail(400, 'invalid_param', `File validation failed for file: ${String(name)}`);
     }
   }
 
@@ -811,7 +827,7 @@ function parseJson(req: IncomingMessage, raw: string): Record<string, unknown> {
   return body as Record<string, unknown>;
 }
 
-function parameters(mode: FakeDifyMode, images: boolean, stt: boolean): Record<string, unknown> {
+function parameters(mode: FakeDifyMode, images: boolean, stt: boolean, methods: string[]): Record<string, unknown> {
   const workflowish = mode === 'workflow' || mode === 'advanced-chat';
   return {
     opening_statement: 'Hello!',
@@ -825,9 +841,9 @@ function parameters(mode: FakeDifyMode, images: boolean, stt: boolean): Record<s
     sensitive_word_avoidance: { enabled: false },
     user_input_form: [{ 'text-input': { label: 'Query', variable: 'query', required: false, default: '' } }],
     file_upload: {
-      image: { enabled: images && !workflowish, number_limits: 3, detail: 'high', transfer_methods: ['remote_url', 'local_file'] },
+      image: { enabled: images && !workflowish, number_limits: 3, detail: 'high', transfer_methods: methods },
       ...(workflowish ? { enabled: images, allowed_file_types: images ? ['image'] : [], allowed_file_extensions: [],
-        allowed_file_upload_methods: ['remote_url', 'local_file'], number_limits: 3 } : {}),
+        allowed_file_upload_methods: methods, number_limits: 3 } : {}),
     },
     system_parameters: { file_size_limit: 15, image_file_size_limit: 10, audio_file_size_limit: 50, video_file_size_limit: 100, workflow_file_upload_limit: 10 },
   };

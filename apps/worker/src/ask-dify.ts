@@ -38,6 +38,8 @@ interface AskContext {
   /** Another job attempt remains, so a transient failure may be thrown for BullMQ to retry. */
   mayRetry: boolean;
   signal?: AbortSignal;
+  /** Dify failures already counted in wxdify_dify_errors_total, try by try. */
+  counted: WeakSet<AppError>;
 }
 
 /**
@@ -55,14 +57,15 @@ export async function askDify(
 ): Promise<AnswerPart[]> {
   const tr = messagesFor(account);
   const mayRetry = job.attemptsMade + 1 < (job.opts.attempts ?? 1);
-  const ctx: AskContext = { deps, account, tr, log, mayRetry, ...(signal ? { signal } : {}) };
+  const ctx: AskContext = { deps, account, tr, log, mayRetry, counted: new WeakSet(), ...(signal ? { signal } : {}) };
   try {
     return await answer(ctx, job.data.message);
   } catch (err) {
     if (signal?.aborted) throw err;
     if (err instanceof AppError && err.retryable && mayRetry) throw err;
     const code = err instanceof AppError ? err.code : 'internal';
-    deps.metrics.difyErrors.inc({ code });
+    // a failed Dify try was counted when it happened; this counts the other failures once
+    if (!(err instanceof AppError && ctx.counted.has(err))) deps.metrics.difyErrors.inc({ code });
     log.error({ err, code, status: (err as AppError).status }, 'dify failed; answering with an apology');
     const timedOut = err instanceof AppError && err.code === 'dify_timeout';
     return [textPart(timedOut ? tr('difyTimeout') : tr('difyError'))];
@@ -92,6 +95,10 @@ async function answer(ctx: AskContext, message: InboundMessage): Promise<AnswerP
     ...(files ? { files } : {}),
     ...(signal ? { signal } : {}),
     logger: log,
+    onTryFailed: (err) => {
+      ctx.counted.add(err);
+      deps.metrics.difyErrors.inc({ code: err.code });
+    },
     onConversationId: async (id) => {
       if (id !== conversation.id) await deps.conversations.save(account.id, message.fromUserName, conversation, id);
     },

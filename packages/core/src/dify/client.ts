@@ -59,6 +59,8 @@ export interface DifyAskRequest {
   onConversationId?: (id: string) => void | Promise<void>;
   /** The job's logger; the client's otherwise. */
   logger?: Logger;
+  /** Called for every failed try (HTTP, network, stream, timeout), the retried ones too: metrics see retries. */
+  onTryFailed?: (err: AppError) => void;
 }
 
 /** The Dify Service API as the relay uses it. */
@@ -67,7 +69,7 @@ export interface DifyClient {
   getAppMode(): Promise<DifyAppMode>;
   /** `GET /parameters`, cached. */
   getParameters(): Promise<DifyParameters>;
-  /** Whether the app takes image files; false when `/parameters` cannot be read. */
+  /** Whether the app takes image files as `remote_url`; false when `/parameters` cannot be read. */
   acceptsImages(): Promise<boolean>;
   /** Asks a question and reads the streamed answer to its end. */
   ask(req: DifyAskRequest): Promise<DifyAnswer>;
@@ -153,9 +155,7 @@ export function createDifyClient(opts: DifyClientOptions): DifyClient {
     },
     async acceptsImages() {
       try {
-        const upload = (await client.getParameters()).file_upload;
-        return upload?.image?.enabled === true
-          || (upload?.enabled === true && (upload.allowed_file_types ?? []).includes('image'));
+        return acceptsRemoteImages((await client.getParameters()).file_upload);
       } catch (err) {
         opts.logger.warn({ err }, 'dify parameters unreadable, assuming no images');
         return false;
@@ -218,6 +218,20 @@ async function postAudioToText(base: string, opts: DifyClientOptions, audio: Uin
   return text;
 }
 
+/**
+ * Images go to Dify as `remote_url` files, so the app must take images and that transfer method.
+ * Dify checks every method list its upload config has (the `image` block's `transfer_methods`, the
+ * newer `allowed_file_upload_methods`) and refuses the whole message with 400 "File validation
+ * failed" when one lacks the method; with no list at all there is nothing to rely on.
+ */
+function acceptsRemoteImages(upload: DifyParameters['file_upload']): boolean {
+  if (!upload) return false;
+  const imagesOn = upload.image?.enabled === true || (upload.enabled === true && (upload.allowed_file_types ?? []).includes('image'));
+  const lists = [upload.image?.transfer_methods, upload.enabled === true ? upload.allowed_file_upload_methods : undefined]
+    .filter((l): l is string[] => Array.isArray(l) && l.length > 0);
+  return imagesOn && lists.length > 0 && lists.every((l) => l.includes('remote_url'));
+}
+
 /** Resolves a file URL Dify gave (relative when `FILES_URL` is unset) against the Dify origin. */
 export function resolveDifyUrl(baseUrl: string, url: string): string {
   return new URL(url, new URL(baseUrl).origin).toString();
@@ -230,6 +244,7 @@ async function askWithRetry(ctx: Ctx, conversationId: string | undefined): Promi
     try {
       return await runAttempt(ctx, conversationId);
     } catch (err) {
+      if (err instanceof AppError && !ctx.req.signal?.aborted) ctx.req.onTryFailed?.(err);
       if (!(err instanceof AppError) || !err.retryable || attempt >= retry.attempts) throw err;
       const delayMs = retry.baseDelayMs * 2 ** attempt;
       if (Date.now() + delayMs >= ctx.deadlineAt) throw err;
