@@ -146,6 +146,26 @@ describe('a chat app with vision and speech-to-text (en_US, customer-service pus
     expect(res.reply).toMatchObject({ MsgType: 'image', MediaId: w.wechat.uploads.at(-1)!.mediaId });
   });
 
+  it('fetches a message_file image as soon as its event arrives, so it outlives a signature that expires before the stream ends', async () => {
+    const o = 'o_img_early';
+    const before = w.wechat.uploads.length;
+    w.dify.configure({ filesTtlMs: 300 });
+    const url = w.dify.serveFile('png');
+    w.dify.configure({ filesTtlMs: 300_000 });
+    w.dify.script(async (s) => {
+      await s.emit('message_file', { id: randomUUID(), type: 'image', belongs_to: 'assistant', url });
+      await s.sleep(800);
+      await s.emit('message', { id: s.messageId, answer: 'A cat, drawn slowly.' });
+      await s.emit('message_end', { id: s.messageId, metadata: {}, files: null });
+    });
+    const res = await send(w, o, { MsgType: 'text', Content: 'draw a cat slowly' });
+    expect(res.reply?.Content).toBe('A cat, drawn slowly.');
+    const [pushed] = await eventually(() => (imagesPushedTo(w, o).length > 0 ? imagesPushedTo(w, o) : undefined));
+    expect(w.wechat.uploads.slice(before).map((u) => u.mediaId)).toEqual([pushed]);
+    expect(w.wechat.uploads.at(-1)!.bytes.equals(PNG_1X1)).toBe(true);
+    expect((await fetch(`${w.dify.origin}${url}`)).status).toBe(403);
+  });
+
   it('drops an answer image whose signed URL expired before it could be fetched, keeping the text', async () => {
     w.dify.configure({ filesTtlMs: 0 });
     const before = w.wechat.uploads.length;

@@ -59,6 +59,8 @@ export interface DifyAskRequest {
   onConversationId?: (id: string) => void | Promise<void>;
   /** The job's logger; the client's otherwise. */
   logger?: Logger;
+  /** Called once per answer file as soon as the stream names it (signed URLs expire 5 minutes after signing). */
+  onFile?: (file: DifyAnswerFile) => void;
   /** Called for every failed try (HTTP, network, stream, timeout), the retried ones too: metrics see retries. */
   onTryFailed?: (err: AppError) => void;
 }
@@ -600,6 +602,7 @@ function addFile(ctx: Ctx, state: AnswerState, f: object, from: DifyAnswerFileSo
   if (typeof raw.mime_type === 'string') file.mimeType = raw.mime_type;
   if (typeof raw.filename === 'string') file.filename = raw.filename;
   state.files.set(key, file);
+  ctx.req.onFile?.(file);
 }
 
 function errorCode(err: unknown): string {
