@@ -3,7 +3,11 @@ import type { DifyAnswerFile, Logger } from '@wxdify/core';
 import { readCapped, TooLargeError, type CappedBody } from './read-capped.js';
 import { TEMP_MEDIA_LIMITS, type WeChatApi } from './wechat-api.js';
 
-/** WeChat's temporary image limit: a bigger image is not even downloaded in full. */
+/**
+ * WeChat's temporary image limit: a bigger image is not even downloaded in full. 10 MB per the
+ * upload doc's list; where an account still enforces the 2 MB of older copies (research/wechat.md
+ * §4.5), WeChat answers 40009 and the image is sent as a link instead.
+ */
 export const WECHAT_IMAGE_MAX_BYTES = TEMP_MEDIA_LIMITS.image.maxBytes;
 /** A follower message buys 5 customer-service messages: more images than that are sent as links. */
 export const MAX_ANSWER_IMAGES = 5;
