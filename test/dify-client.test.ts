@@ -551,6 +551,15 @@ describe('DifyClient lost conversation', () => {
     expect(Object.fromEntries(new URL(checks[0]!.url, fake.origin).searchParams)).toEqual({ conversation_id: deleted, user: USER, limit: '1' });
   });
 
+  it('recovers from a scripted gone_hang on a conversation the fake then no longer lists', async () => {
+    const { fake, dify } = await setup({ pingIntervalMs: 10 }, { idleTimeoutMs: 150 });
+    const stale = fake.createConversation(USER);
+    fake.enqueue('gone_hang');
+    const ids: string[] = [];
+    const answer = await ask(dify, 'hi', { conversationId: stale, onConversationId: (id) => { ids.push(id); } });
+    await expectReset(fake, answer, stale, ids);
+  });
+
   it('keeps the conversation of a slow start that GET /messages still knows, and reports the timeout', async () => {
     const { fake, dify } = await setup({ pingIntervalMs: 10 }, { idleTimeoutMs: 150 });
     const kept = fake.createConversation(USER);

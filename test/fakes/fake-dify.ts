@@ -385,6 +385,8 @@ export async function startFakeDify(opts: FakeDifyOptions = {}): Promise<FakeDif
       const scripted = typeof sc === 'function' ? undefined : goneVariant(sc.name);
       const natural = !conv || conv.deleted ? options.unknownConversation : undefined;
       if (scripted || !natural) picked.take();
+      // a scripted loss is a real one: GET /messages must not find the conversation either
+      if (scripted && conv) conv.deleted = true;
       gone = scripted ?? natural;
       if (gone === 'http') throw new HttpFail(404, 'not_found', 'Conversation Not Exists.');
       if (gone === 'suffixed') throw new HttpFail(404, 'not_found', suffixed(sub));
