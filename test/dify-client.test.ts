@@ -151,19 +151,30 @@ describe('DifyClient app types', () => {
     expect(req?.body).toEqual({ inputs: { lang: 'fr', text: 'translate' }, user: USER, response_mode: 'streaming' });
   });
 
-  it('falls back to the first string output, then to text_chunk text', async () => {
-    const { fake, dify } = await setup({ mode: 'workflow' }, { appType: 'workflow', outputVariable: 'missing' });
+  /** A workflow run that streams `chunks` as text_chunk events and finishes with `outputs`. */
+  function workflowRun(fake: FakeDify, chunks: string[], outputs: Record<string, unknown>): void {
     fake.script(async (s) => {
-      await s.emit('text_chunk', { data: { text: 'streamed' } });
-      await s.emit('workflow_finished', { data: { id: s.workflowRunId, status: 'succeeded', outputs: { n: 1, summary: 'from outputs' } } });
+      for (const text of chunks) await s.emit('text_chunk', { data: { text, from_variable_selector: ['end', 'streamed'] } });
+      await s.emit('workflow_finished', { data: { id: s.workflowRunId, status: 'succeeded', outputs } });
     });
-    fake.script(async (s) => {
-      await s.emit('text_chunk', { data: { text: 'only ' } });
-      await s.emit('text_chunk', { data: { text: 'chunks' } });
-      await s.emit('workflow_finished', { data: { id: s.workflowRunId, status: 'succeeded', outputs: { n: 1 } } });
-    });
-    expect((await ask(dify, 'a')).text).toBe('from outputs');
+  }
+
+  it('takes text_chunk text over the outputs when DIFY_OUTPUT_VARIABLE is unset, else the first string output', async () => {
+    const { fake, dify } = await setup({ mode: 'workflow' }, { appType: 'workflow' });
+    workflowRun(fake, ['stream', 'ed'], { other: 'x', result: 'y' });
+    workflowRun(fake, [], { n: 1, other: 'x', result: 'y' });
+    expect((await ask(dify, 'a')).text).toBe('streamed');
+    expect((await ask(dify, 'b')).text).toBe('x');
+  });
+
+  it('takes the configured output variable over text_chunk text, and text_chunk text when it is missing', async () => {
+    const { fake, dify } = await setup({ mode: 'workflow' }, { appType: 'workflow', outputVariable: 'result' });
+    workflowRun(fake, ['streamed'], { other: 'x', result: 'y' });
+    workflowRun(fake, ['only ', 'chunks'], { other: 'x' });
+    workflowRun(fake, [], { n: 1, other: 'x' });
+    expect((await ask(dify, 'a')).text).toBe('y');
     expect((await ask(dify, 'b')).text).toBe('only chunks');
+    expect((await ask(dify, 'c')).text).toBe('x');
   });
 
   it('puts the query in inputs and query for a completion app', async () => {
@@ -204,6 +215,18 @@ describe('DifyClient parameters', () => {
     const { dify } = await setup({ mode: 'advanced-chat', acceptsImages: true });
     expect((await dify.getParameters()).file_upload?.image?.enabled).toBe(false);
     expect(await dify.acceptsImages()).toBe(true);
+  });
+
+  it.each(['chat', 'advanced-chat'] as const)('answers false for a %s app that takes images only as local_file uploads', async (mode) => {
+    const { dify } = await setup({ mode, acceptsImages: true, imageTransferMethods: ['local_file'] });
+    expect(await dify.acceptsImages()).toBe(false);
+  });
+
+  it('is refused by the fake, as by Dify, when a remote_url image is not an allowed method', async () => {
+    const { dify } = await setup({ acceptsImages: true, imageTransferMethods: ['local_file'] });
+    const err = await rejection(ask(dify, 'look', { files: [{ type: 'image', transfer_method: 'remote_url', url: 'http://mmbiz.qpic.cn/a/pic.jpg' }] }));
+    expect(err).toMatchObject({ code: 'dify_http', status: 400, retryable: false });
+    expect(err.message).toContain('File validation failed for file: pic.jpg');
   });
 
   it('answers false when images are off or /parameters fails', async () => {
@@ -513,6 +536,40 @@ describe('DifyClient lost conversation', () => {
     const answer = await ask(dify, 'hi', { conversationId: stale, onConversationId: (id) => { ids.push(id); } });
     await expectReset(fake, answer, stale, ids);
     expect(fake.runRequests()[0]?.clientClosed).toBe(true);
+  });
+
+  it('recovers from a hang on a deleted conversation once GET /messages answers 404', async () => {
+    const { fake, dify } = await setup({ unknownConversation: 'hang', pingIntervalMs: 10, answer: 'new context' }, { idleTimeoutMs: 150 });
+    const deleted = fake.createConversation(USER);
+    fake.deleteConversation(USER, deleted);
+    const ids: string[] = [];
+    const answer = await ask(dify, 'hi', { conversationId: deleted, onConversationId: (id) => { ids.push(id); } });
+    expect(answer.text).toBe('new context');
+    await expectReset(fake, answer, deleted, ids);
+    const checks = fake.requests.filter((r) => r.path === '/v1/messages');
+    expect(checks.map((r) => r.status)).toEqual([404]);
+    expect(Object.fromEntries(new URL(checks[0]!.url, fake.origin).searchParams)).toEqual({ conversation_id: deleted, user: USER, limit: '1' });
+  });
+
+  it('recovers from a scripted gone_hang on a conversation the fake then no longer lists', async () => {
+    const { fake, dify } = await setup({ pingIntervalMs: 10 }, { idleTimeoutMs: 150 });
+    const stale = fake.createConversation(USER);
+    fake.enqueue('gone_hang');
+    const ids: string[] = [];
+    const answer = await ask(dify, 'hi', { conversationId: stale, onConversationId: (id) => { ids.push(id); } });
+    await expectReset(fake, answer, stale, ids);
+  });
+
+  it('keeps the conversation of a slow start that GET /messages still knows, and reports the timeout', async () => {
+    const { fake, dify } = await setup({ pingIntervalMs: 10 }, { idleTimeoutMs: 150 });
+    const kept = fake.createConversation(USER);
+    const onConversationId = vi.fn();
+    const err = await rejection(ask(dify, '[[scenario:slow+delay=600]] hi', { conversationId: kept, onConversationId }));
+    expect(err).toMatchObject({ code: 'dify_timeout', retryable: false });
+    expect(fake.runRequests()).toHaveLength(1);
+    expect(fake.requests.filter((r) => r.path === '/v1/messages').map((r) => r.status)).toEqual([200]);
+    expect(onConversationId).not.toHaveBeenCalled();
+    expect(fake.conversationIds(USER)).toEqual([kept]);
   });
 
   it('resets only once', async () => {

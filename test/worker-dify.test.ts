@@ -13,7 +13,7 @@ import { eventually, nextMsgId } from './helpers/wechat-timing.js';
 const AMR = readFileSync(new URL('./fixtures/voice-1s.amr', import.meta.url));
 const PNG_1X1 = Buffer.from('iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAQAAAC1HAwCAAAAC0lEQVR42mNkYAAAAAYAAjCB0C8AAAAASUVORK5CYII=', 'base64');
 
-type RunBody = { query: string; user: string; inputs: Record<string, string>; files?: unknown[] };
+type RunBody = { query: string; user: string; inputs: Record<string, string>; files?: unknown[]; conversation_id?: string };
 const bodyOf = (r: RecordedRequest) => r.body as RunBody;
 
 interface World {
@@ -22,10 +22,10 @@ interface World {
   stack: Stack;
 }
 
-async function startWorld(fake: Parameters<typeof startFakeDify>[0], overrides: Record<string, string>): Promise<World> {
+async function startWorld(fake: Parameters<typeof startFakeDify>[0], overrides: Record<string, string>, opts: { workerPort?: number } = {}): Promise<World> {
   const dify = await startFakeDify({ pingIntervalMs: 200, ...fake });
   const wechat = await new FakeWeChat().start();
-  const stack = await startStack(testEnv({ dify, wechatUrl: wechat.url, overrides: { ENABLE_CUSTOM_MESSAGE: 'true', ...overrides } }));
+  const stack = await startStack(testEnv({ dify, wechatUrl: wechat.url, overrides: { ENABLE_CUSTOM_MESSAGE: 'true', ...overrides } }), opts);
   return { dify, wechat, stack };
 }
 
@@ -146,6 +146,26 @@ describe('a chat app with vision and speech-to-text (en_US, customer-service pus
     expect(res.reply).toMatchObject({ MsgType: 'image', MediaId: w.wechat.uploads.at(-1)!.mediaId });
   });
 
+  it('fetches a message_file image as soon as its event arrives, so it outlives a signature that expires before the stream ends', async () => {
+    const o = 'o_img_early';
+    const before = w.wechat.uploads.length;
+    w.dify.configure({ filesTtlMs: 300 });
+    const url = w.dify.serveFile('png');
+    w.dify.configure({ filesTtlMs: 300_000 });
+    w.dify.script(async (s) => {
+      await s.emit('message_file', { id: randomUUID(), type: 'image', belongs_to: 'assistant', url });
+      await s.sleep(800);
+      await s.emit('message', { id: s.messageId, answer: 'A cat, drawn slowly.' });
+      await s.emit('message_end', { id: s.messageId, metadata: {}, files: null });
+    });
+    const res = await send(w, o, { MsgType: 'text', Content: 'draw a cat slowly' });
+    expect(res.reply?.Content).toBe('A cat, drawn slowly.');
+    const [pushed] = await eventually(() => (imagesPushedTo(w, o).length > 0 ? imagesPushedTo(w, o) : undefined));
+    expect(w.wechat.uploads.slice(before).map((u) => u.mediaId)).toEqual([pushed]);
+    expect(w.wechat.uploads.at(-1)!.bytes.equals(PNG_1X1)).toBe(true);
+    expect((await fetch(`${w.dify.origin}${url}`)).status).toBe(403);
+  });
+
   it('drops an answer image whose signed URL expired before it could be fetched, keeping the text', async () => {
     w.dify.configure({ filesTtlMs: 0 });
     const before = w.wechat.uploads.length;
@@ -159,6 +179,19 @@ describe('a chat app with vision and speech-to-text (en_US, customer-service pus
     w.wechat.failNext('/cgi-bin/media/upload', 40005);
     const res = await send(w, 'o_img_refused', { MsgType: 'text', Content: '[[scenario:markdown_image]] refused cat' });
     expect(res.reply?.Content).toMatch(new RegExp(`^Echo: refused cat\\n\\n<a href="${w.dify.origin}/files/tools/[^"]+\\.png\\?[^"]+">${en.imageLink}</a>$`));
+  });
+
+  it.each(['think', 'think_details'])('gives the follower only the answer of a reasoning model (%s), never its reasoning', async (scenario) => {
+    const o = `o_${scenario}`;
+    const res = await send(w, o, { MsgType: 'text', Content: `[[scenario:${scenario}]] hello` });
+    expect(res.reply?.Content).toBe('Echo: hello');
+    expect(w.dify.runRequests().filter((r) => bodyOf(r).user === o).map((r) => r.scenario)).toEqual([scenario]);
+  });
+
+  it('turns a Markdown answer into WeChat text: headings and emphasis dropped, lists kept, links as <a href>', async () => {
+    w.dify.enqueue({ name: 'normal', answer: '## Weather\n\n**Sunny** and _warm_.\n\n- bring water\n- wear a hat\n\nSee [the forecast](https://example.com/f?d=1).' });
+    const res = await send(w, 'o_markdown', { MsgType: 'text', Content: 'weather?' });
+    expect(res.reply?.Content).toBe('Weather\n\nSunny and warm.\n\n- bring water\n- wear a hat\n\nSee <a href="https://example.com/f?d=1">the forecast</a>.');
   });
 
   it('answers Dify errors with a short apology: the follower never sees Dify\'s code, message or partial text', async () => {
@@ -232,5 +265,53 @@ describe('an account without WECHAT_APP_SECRET (pt_BR)', () => {
     const res = await send(w, 'o_nosecret_voice', { MsgType: 'voice', MediaId: 'v9', Format: 'amr' });
     expect(res.reply?.Content).toBe(pt.voiceUnavailable);
     expect(w.dify.audioUploads).toEqual([]);
+  });
+});
+
+describe('a slow chat app that takes images only as uploads (zh_Hans, 400 ms idle timeout)', () => {
+  let w: World;
+  const zh = MESSAGES.zh_Hans;
+
+  beforeAll(async () => {
+    w = await startWorld(
+      { mode: 'chat', acceptsImages: true, imageTransferMethods: ['local_file'] },
+      { LANGUAGE: 'zh_Hans', DIFY_IDLE_TIMEOUT_MS: '400' },
+      { workerPort: 0 },
+    );
+  });
+  afterAll(() => stopWorld(w));
+
+  it('sends a follower image as text when the app does not allow remote_url files', async () => {
+    const res = await send(w, 'o_local_only', { MsgType: 'image', PicUrl: 'http://mmbiz.qpic.cn/l.jpg', MediaId: 'm2' });
+    expect(res.reply?.Content).toBe(`Echo: ${zh.imageNote.replace('{url}', 'http://mmbiz.qpic.cn/l.jpg')}`);
+    expect(runsOf(w, 'o_local_only')[0]!.files).toBeUndefined();
+  });
+
+  it('tells the follower Dify took too long when the stream sends nothing but pings', async () => {
+    const res = await send(w, 'o_hang', { MsgType: 'text', Content: '[[scenario:hang+hang=5000]] are you there?' });
+    expect(res.reply?.Content).toBe(zh.difyTimeout);
+    expect(runsOf(w, 'o_hang')).toHaveLength(1);
+    await eventually(() => (w.dify.runRequests().find((r) => bodyOf(r).user === 'o_hang')?.clientClosed ? true : undefined));
+  });
+
+  it('keeps the follower\'s conversation through an answer too slow to wait for, and says it timed out', async () => {
+    const o = 'o_slow_conv';
+    expect((await send(w, o, { MsgType: 'text', Content: 'first' })).reply?.Content).toBe('Echo: first');
+    expect((await send(w, o, { MsgType: 'text', Content: '[[scenario:slow+delay=1500]] second' })).reply?.Content).toBe(zh.difyTimeout);
+    expect((await send(w, o, { MsgType: 'text', Content: 'third' })).reply?.Content).toBe('Echo: third');
+    const conversation = w.dify.conversationIds(o);
+    expect(conversation).toHaveLength(1);
+    expect(runsOf(w, o).map((r) => r.conversation_id)).toEqual([undefined, conversation[0], conversation[0]]);
+  });
+
+  it('counts every failed Dify try in wxdify_dify_errors_total, the retried ones too', async () => {
+    const metricsUrl = `${w.stack.workers[0]!.url}/metrics`;
+    const difyHttpErrors = async () => Number(/^wxdify_dify_errors_total\{[^}]*code="dify_http"[^}]*\} (\d+)$/m.exec(await (await fetch(metricsUrl)).text())?.[1] ?? 0);
+    const before = await difyHttpErrors();
+    w.dify.enqueue('http_429', 'http_500');
+    expect((await send(w, 'o_retried', { MsgType: 'text', Content: 'after two failures' })).reply?.Content).toBe('Echo: after two failures');
+    expect(await difyHttpErrors()).toBe(before + 2);
+    expect((await send(w, 'o_refused', { MsgType: 'text', Content: '[[scenario:provider_error]] hi' })).reply?.Content).toBe(zh.difyError);
+    expect(await difyHttpErrors()).toBe(before + 3);
   });
 });

@@ -98,6 +98,15 @@ describe('WeChatApi media', () => {
     expect((err as WeChatApiError).errcode).toBe(40009);
   });
 
+  it('gets 40007 for an image push naming a media_id WeChat never issued, and sends one it did', async () => {
+    const err = await api.sendImage('oUserImg', 'never-issued').catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(WeChatApiError);
+    expect((err as WeChatApiError).errcode).toBe(40007);
+    const mediaId = await api.uploadTempMedia('image', PNG, 'real.png', 'image/png');
+    await api.sendImage('oUserImg', mediaId);
+    expect(wechat.pushed.filter((m) => m.touser === 'oUserImg').map((m) => m.image?.media_id)).toEqual([mediaId]);
+  });
+
   it('downloads a follower\'s voice by media id', async () => {
     wechat.addMedia('voice-media-1', AMR, 'audio/amr', 'voice.amr');
     const media = await api.downloadMedia('voice-media-1');
@@ -176,6 +185,20 @@ describe('answer images', () => {
     expect(result.mediaIds).toEqual([]);
     expect(result.links).toEqual(list);
     expect(wechat.uploads.length).toBe(before);
+  });
+
+  it('links an image that an account enforcing the older 2 MB limit refuses with 40009', async () => {
+    files.files.set('/files/tools/three-mb.png', { bytes: Buffer.concat([PNG, Buffer.alloc(3 * 1024 * 1024)]), type: 'image/png' });
+    wechat.limits.image!.maxBytes = 2 * 1024 * 1024;
+    try {
+      const before = wechat.uploads.length;
+      const result = await uploadAnswerImages(api, [image('/files/tools/three-mb.png'), image('/files/tools/a.png')], opts());
+      expect(result.links).toEqual([image('/files/tools/three-mb.png')]);
+      expect(result.mediaIds).toEqual(wechat.uploads.slice(before).map((u) => u.mediaId));
+      expect(result.mediaIds).toHaveLength(1);
+    } finally {
+      wechat.limits.image!.maxBytes = WECHAT_IMAGE_MAX_BYTES;
+    }
   });
 
   it('drops an image it cannot fetch (an expired signed URL) and links one WeChat refuses', async () => {

@@ -11,6 +11,7 @@
 // `POST /v1/audio-to-text` takes multipart `file` + `user` with Dify's checks: speech-to-text off
 // (the default; `speechToText: true` turns it on) is 400 speech_to_text_disabled, a part type other
 // than audio/mp3|m4a|x-m4a|wav|amr|mpga is 415, over 30 MB 413; each accepted file is in `audioUploads`.
+// `GET /v1/messages` lists a conversation's messages, 404 for one the user does not have (deleted or unknown).
 import { randomBytes, randomUUID } from 'node:crypto';
 import { createServer, type IncomingHttpHeaders, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -84,6 +85,8 @@ export interface FakeDifyOptions {
   mode?: FakeDifyMode;
   appName?: string;
   acceptsImages?: boolean;
+  /** Transfer methods the app allows for images (`/parameters` and the check of `files[]`). */
+  imageTransferMethods?: string[];
   pingIntervalMs?: number;
   answer?: string | ((query: string) => string);
   /** Delay before the answer text of a normal stream (pings meanwhile). */
@@ -179,12 +182,12 @@ class HttpFail extends Error {
 }
 
 interface Task { user: string; stop(): void }
-interface Conversation { id: string; inputs: unknown; deleted: boolean }
+interface Conversation { id: string; inputs: unknown; deleted: boolean; messages: Array<{ id: string; conversation_id: string; query: string; created_at: number }> }
 
 /** Starts a fake Dify on 127.0.0.1 with a free port; `baseUrl` ends in `/v1`. */
 export async function startFakeDify(opts: FakeDifyOptions = {}): Promise<FakeDify> {
   const options: FakeDify['options'] = {
-    apiKey: 'app-fake-dify-key', mode: 'chat', appName: 'Fake Dify', acceptsImages: false,
+    apiKey: 'app-fake-dify-key', mode: 'chat', appName: 'Fake Dify', acceptsImages: false, imageTransferMethods: ['remote_url', 'local_file'],
     pingIntervalMs: 10_000, answerDelayMs: 0, chunkSize: 4, chunkDelayMs: 0, queryVariable: 'query',
     outputVariable: 'answer', maxActiveRequests: 0, unknownConversation: 'http', hangMs: 300_000,
     filesTtlMs: 300_000, framing: {}, speechToText: false, transcript: 'transcribed voice', ...opts,
@@ -268,11 +271,15 @@ export async function startFakeDify(opts: FakeDifyOptions = {}): Promise<FakeDif
     }
     if (m === 'GET' && sub === '/parameters') {
       authenticate(req);
-      return sendJson(res, 200, parameters(options.mode, options.acceptsImages, options.speechToText));
+      return sendJson(res, 200, parameters(options.mode, options.acceptsImages, options.speechToText, options.imageTransferMethods));
     }
     if (m === 'POST' && sub === '/audio-to-text') {
       authenticate(req);
       return audioToText(req, res, bytes, rec);
+    }
+    if (m === 'GET' && sub === '/messages') {
+      authenticate(req);
+      return listMessages(res, url);
     }
     if (m === 'DELETE' && (match = /^\/conversations\/([^/]+)$/.exec(sub))) {
       const id = match[1] ?? '';
@@ -296,6 +303,23 @@ export async function startFakeDify(opts: FakeDifyOptions = {}): Promise<FakeDif
     const [scheme, token] = header.split(/\s+/, 2);
     if (scheme?.toLowerCase() !== 'bearer') throw new HttpFail(401, 'unauthorized', "Authorization scheme must be 'Bearer'");
     if (token !== options.apiKey) throw new HttpFail(401, 'unauthorized', 'Access token is invalid');
+  }
+
+  /**
+   * `GET /messages?conversation_id&user&limit`, newest first: user from the query string, chat modes
+   * only, and 404 "Conversation Not Exists." for a conversation this user does not have (dify-api.md §5.6).
+   */
+  function listMessages(res: ServerResponse, url: URL): void {
+    const user = url.searchParams.get('user');
+    if (!user) throw new HttpFail(400, 'invalid_param', 'Arg user must be provided.');
+    if (!CHAT_FAMILY.has(options.mode)) throw new HttpFail(400, 'not_chat_app', ROUTE_MISMATCH);
+    const id = url.searchParams.get('conversation_id');
+    if (!id) throw new HttpFail(400, 'invalid_param', 'conversation_id is required');
+    const conv = convs(user).get(id);
+    if (!conv || conv.deleted) throw new HttpFail(404, 'not_found', 'Conversation Not Exists.');
+    const limit = Math.min(100, Math.max(1, Number(url.searchParams.get('limit') ?? 20) || 20));
+    const newestFirst = [...conv.messages].reverse();
+    sendJson(res, 200, { limit, has_more: newestFirst.length > limit, data: newestFirst.slice(0, limit) });
   }
 
   /** Dify's AudioService order: user, feature switch, file present, part type, size. */
@@ -338,6 +362,7 @@ export async function startFakeDify(opts: FakeDifyOptions = {}): Promise<FakeDif
     if (sub === '/chat-messages' && (typeof body.query !== 'string' || body.query.trim() === '')) {
       throw new HttpFail(400, 'invalid_param', 'query is required');
     }
+    checkFiles(body.files);
     if (!streaming && mode === 'agent-chat') throw new HttpFail(400, 'invalid_param', 'Agent Chat App does not support blocking mode');
     if (!streaming && mode === 'agent') throw new HttpFail(400, 'bad_request', 'Agent App only supports streaming response mode.');
     if (options.maxActiveRequests > 0 && active >= options.maxActiveRequests) throw tooMany(options.maxActiveRequests);
@@ -360,6 +385,8 @@ export async function startFakeDify(opts: FakeDifyOptions = {}): Promise<FakeDif
       const scripted = typeof sc === 'function' ? undefined : goneVariant(sc.name);
       const natural = !conv || conv.deleted ? options.unknownConversation : undefined;
       if (scripted || !natural) picked.take();
+      // a scripted loss is a real one: GET /messages must not find the conversation either
+      if (scripted && conv) conv.deleted = true;
       gone = scripted ?? natural;
       if (gone === 'http') throw new HttpFail(404, 'not_found', 'Conversation Not Exists.');
       if (gone === 'suffixed') throw new HttpFail(404, 'not_found', suffixed(sub));
@@ -368,7 +395,7 @@ export async function startFakeDify(opts: FakeDifyOptions = {}): Promise<FakeDif
       picked.take();
       if (CHAT_FAMILY.has(mode)) {
         conversationId = randomUUID();
-        convs(user).set(conversationId, { id: conversationId, inputs: body.inputs, deleted: false });
+        convs(user).set(conversationId, { id: conversationId, inputs: body.inputs, deleted: false, messages: [] });
       }
     }
     if (!streaming) return answerBlocking(res, mode, conversationId, picked.query);
@@ -376,6 +403,7 @@ export async function startFakeDify(opts: FakeDifyOptions = {}): Promise<FakeDif
     const framing: Framing = { ...options.framing, ...(typeof sc === 'function' ? {} : stripName(sc)) };
     const s = openStream(res, mode, framing, { body, user, query: picked.query, conversationId });
     tasks.set(s.taskId, { user, stop: () => s.markStopped() });
+    convs(user).get(conversationId)?.messages.push({ id: s.messageId, conversation_id: conversationId, query: picked.query, created_at: now() });
     active++;
     try {
       if (typeof sc === 'function') await sc(s);
@@ -386,6 +414,19 @@ export async function startFakeDify(opts: FakeDifyOptions = {}): Promise<FakeDif
       active--;
       tasks.delete(s.taskId);
       await s.end();
+    }
+  }
+
+  /**
+   * Files are silently ignored when the app takes none; otherwise a transfer method its upload config
+   * does not list fails the request (file_factory `_is_file_valid_with_config`, a ValueError: 400).
+   */
+  function checkFiles(files: unknown): void {
+    if (!options.acceptsImages || !Array.isArray(files)) return;
+    for (const f of files as Array<Record<string, unknown>>) {
+      if (options.imageTransferMethods.includes(String(f.transfer_method))) continue;
+      const name = typeof f.url === 'string' ? new URL(f.url, 'http://x').pathname.split('/').pop() : f.upload_file_id;
+      throw new HttpFail(400, 'invalid_param', `File validation failed for file: ${String(name)}`);
     }
   }
 
@@ -588,7 +629,7 @@ export async function startFakeDify(opts: FakeDifyOptions = {}): Promise<FakeDif
     serveFile: (ext = 'png', body) => serveFile(ext, body),
     createConversation: (user) => {
       const id = randomUUID();
-      convs(user).set(id, { id, inputs: {}, deleted: false });
+      convs(user).set(id, { id, inputs: {}, deleted: false, messages: [] });
       return id;
     },
     deleteConversation: (user, id) => {
@@ -788,7 +829,7 @@ function parseJson(req: IncomingMessage, raw: string): Record<string, unknown> {
   return body as Record<string, unknown>;
 }
 
-function parameters(mode: FakeDifyMode, images: boolean, stt: boolean): Record<string, unknown> {
+function parameters(mode: FakeDifyMode, images: boolean, stt: boolean, methods: string[]): Record<string, unknown> {
   const workflowish = mode === 'workflow' || mode === 'advanced-chat';
   return {
     opening_statement: 'Hello!',
@@ -802,9 +843,9 @@ function parameters(mode: FakeDifyMode, images: boolean, stt: boolean): Record<s
     sensitive_word_avoidance: { enabled: false },
     user_input_form: [{ 'text-input': { label: 'Query', variable: 'query', required: false, default: '' } }],
     file_upload: {
-      image: { enabled: images && !workflowish, number_limits: 3, detail: 'high', transfer_methods: ['remote_url', 'local_file'] },
+      image: { enabled: images && !workflowish, number_limits: 3, detail: 'high', transfer_methods: methods },
       ...(workflowish ? { enabled: images, allowed_file_types: images ? ['image'] : [], allowed_file_extensions: [],
-        allowed_file_upload_methods: ['remote_url', 'local_file'], number_limits: 3 } : {}),
+        allowed_file_upload_methods: methods, number_limits: 3 } : {}),
     },
     system_parameters: { file_size_limit: 15, image_file_size_limit: 10, audio_file_size_limit: 50, video_file_size_limit: 100, workflow_file_upload_limit: 10 },
   };

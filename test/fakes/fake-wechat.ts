@@ -33,6 +33,10 @@ export interface StoredMedia {
  * Temporary media limits of media/upload (the doc's list: image 10 MB PNG/JPEG/JPG/GIF, voice 2 MB
  * AMR/MP3, video 10 MB MP4, thumb 64 KB JPG) and the errcodes for a size over them.
  * https://developers.weixin.qq.com/doc/service/api/material/temporary/api_uploadtempmedia
+ * Which image limit wins: the doc's detailed list says 10 MB and so do the code and this fake, while
+ * research/wechat.md §4.5 (EasyWeChat docs#129, older copies of the doc, and the same page's
+ * one-line summary) says 2 MB. The code keeps 10 MB because WeChat's refusal (40009) only turns the
+ * image into a link; `limits` lets a test play an account that enforces 2 MB.
  */
 const MEDIA_LIMITS: Record<string, { maxBytes: number; extensions: string[]; sizeErrcode: number }> = {
   image: { maxBytes: 10 * 1024 * 1024, extensions: ['png', 'jpeg', 'jpg', 'gif'], sizeErrcode: 40009 },
@@ -45,7 +49,7 @@ const MEDIA_LIMITS: Record<string, { maxBytes: number; extensions: string[]; siz
  * A local stand-in for api.weixin.qq.com: stable_token, customer-service send and typing, and
  * temporary media (media/upload records what it got; media/get serves what a test added with
  * `addMedia` or what was uploaded, and answers an unknown id with errcode 40007 in a text/plain
- * JSON body, as WeChat does), with WeChat's errcodes. Tokens are real random strings; invalidating
+ * JSON body, as WeChat does; an image push naming media it never had is 40007 too), with WeChat's errcodes. Tokens are real random strings; invalidating
  * one makes calls with it fail with 40001 as WeChat does. `failNext(path, errcode)` scripts errors.
  */
 export class FakeWeChat {
@@ -53,6 +57,8 @@ export class FakeWeChat {
   readonly pushed: PushedMessage[] = [];
   /** Files received by media/upload, in order. */
   readonly uploads: StoredMedia[] = [];
+  /** This instance's media/upload limits (a copy of {@link MEDIA_LIMITS}; tests may lower them). */
+  readonly limits: Record<string, { maxBytes: number; extensions: string[]; sizeErrcode: number }> = structuredClone(MEDIA_LIMITS);
   #media = new Map<string, StoredMedia>();
   tokenRequests = 0;
   #validTokens = new Set<string>();
@@ -139,6 +145,8 @@ export class FakeWeChat {
     }
     if (url.pathname === '/cgi-bin/message/custom/send') {
       const msg = { ...(body as unknown as PushedMessage), at: Date.now() };
+      // an image message must name media WeChat has: uploaded here, or a follower's (addMedia)
+      if (msg.msgtype === 'image' && !this.#media.has(msg.image?.media_id ?? '')) return send({ errcode: 40007, errmsg: 'invalid media_id' });
       this.onPush?.(msg);
       this.pushed.push(msg);
       return send({ errcode: 0, errmsg: 'ok' });
@@ -168,7 +176,7 @@ export class FakeWeChat {
 
   /** media/upload: one `media` part with a filename; type, format and size checked as WeChat does. */
   async #upload(type: string, contentType: string, bytes: Buffer): Promise<Record<string, unknown>> {
-    const limits = MEDIA_LIMITS[type];
+    const limits = this.limits[type];
     if (!limits) return { errcode: 40004, errmsg: 'invalid media type' };
     const form = await new Response(new Uint8Array(bytes), { headers: { 'content-type': contentType } }).formData().catch(() => new FormData());
     const file = form.get('media');

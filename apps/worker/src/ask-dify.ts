@@ -18,7 +18,7 @@ import {
   type Translate,
 } from '@wxdify/core';
 import { buildDifyRequest } from './dify-request.js';
-import { collectAnswerFiles, uploadAnswerImages, type AnswerFile } from './media.js';
+import { collectAnswerFiles, ImagePrefetch, uploadAnswerImages, type AnswerFile } from './media.js';
 import { transcribeVoice } from './voice.js';
 import type { WeChatApi } from './wechat-api.js';
 
@@ -38,6 +38,8 @@ interface AskContext {
   /** Another job attempt remains, so a transient failure may be thrown for BullMQ to retry. */
   mayRetry: boolean;
   signal?: AbortSignal;
+  /** Dify failures already counted in wxdify_dify_errors_total, try by try. */
+  counted: WeakSet<AppError>;
 }
 
 /**
@@ -55,14 +57,15 @@ export async function askDify(
 ): Promise<AnswerPart[]> {
   const tr = messagesFor(account);
   const mayRetry = job.attemptsMade + 1 < (job.opts.attempts ?? 1);
-  const ctx: AskContext = { deps, account, tr, log, mayRetry, ...(signal ? { signal } : {}) };
+  const ctx: AskContext = { deps, account, tr, log, mayRetry, counted: new WeakSet(), ...(signal ? { signal } : {}) };
   try {
     return await answer(ctx, job.data.message);
   } catch (err) {
     if (signal?.aborted) throw err;
     if (err instanceof AppError && err.retryable && mayRetry) throw err;
     const code = err instanceof AppError ? err.code : 'internal';
-    deps.metrics.difyErrors.inc({ code });
+    // a failed Dify try was counted when it happened; this counts the other failures once
+    if (!(err instanceof AppError && ctx.counted.has(err))) deps.metrics.difyErrors.inc({ code });
     log.error({ err, code, status: (err as AppError).status }, 'dify failed; answering with an apology');
     const timedOut = err instanceof AppError && err.code === 'dify_timeout';
     return [textPart(timedOut ? tr('difyTimeout') : tr('difyError'))];
@@ -84,6 +87,7 @@ async function answer(ctx: AskContext, message: InboundMessage): Promise<AnswerP
     ? [{ type: 'image', transfer_method: 'remote_url', url: request.imageUrl }]
     : undefined;
   const conversation = await deps.conversations.get(account.id, message.fromUserName);
+  const prefetch = wechat ? new ImagePrefetch({ difyOrigin: new URL(account.difyApiBaseUrl).origin, ...(signal ? { signal } : {}) }) : undefined;
   const reply = await dify.ask({
     query: request.query,
     user: message.fromUserName,
@@ -92,13 +96,18 @@ async function answer(ctx: AskContext, message: InboundMessage): Promise<AnswerP
     ...(files ? { files } : {}),
     ...(signal ? { signal } : {}),
     logger: log,
+    onFile: (file) => prefetch?.add(file),
+    onTryFailed: (err) => {
+      ctx.counted.add(err);
+      deps.metrics.difyErrors.inc({ code: err.code });
+    },
     onConversationId: async (id) => {
       if (id !== conversation.id) await deps.conversations.save(account.id, message.fromUserName, conversation, id);
     },
   });
   if (reply.firstEventMs !== undefined) deps.metrics.difyFirstEvent.observe(reply.firstEventMs / 1000);
   deps.metrics.difyDuration.observe(reply.totalMs / 1000);
-  return toParts(ctx, reply, wechat);
+  return toParts(ctx, reply, wechat, prefetch);
 }
 
 /**
@@ -106,11 +115,11 @@ async function answer(ctx: AskContext, message: InboundMessage): Promise<AnswerP
  * text, or the image when that is the whole answer. Files that could not become image messages
  * are linked at the end of the text.
  */
-async function toParts(ctx: AskContext, reply: DifyAnswer, wechat: WeChatApi | undefined): Promise<AnswerPart[]> {
+async function toParts(ctx: AskContext, reply: DifyAnswer, wechat: WeChatApi | undefined, prefetched: ImagePrefetch | undefined): Promise<AnswerPart[]> {
   const difyOrigin = new URL(ctx.account.difyApiBaseUrl).origin;
   const shaped = shapeAnswer(reply.text, { difyOrigin });
   const files = collectAnswerFiles(reply.files, shaped.images);
-  const { mediaIds, links } = await uploadAnswerImages(wechat, files, { difyOrigin, log: ctx.log, ...(ctx.signal ? { signal: ctx.signal } : {}) });
+  const { mediaIds, links } = await uploadAnswerImages(wechat, files, { difyOrigin, log: ctx.log, prefetched, ...(ctx.signal ? { signal: ctx.signal } : {}) });
   const linkText = links.filter((f) => !shaped.text.includes(new URL(f.url).pathname)).map((f) => linkTo(f, ctx.tr)).join('\n');
   const text = [shaped.text, linkText].filter(Boolean).join('\n\n');
   const parts: AnswerPart[] = [

@@ -1,9 +1,13 @@
 import got from 'got';
 import type { DifyAnswerFile, Logger } from '@wxdify/core';
-import { readCapped, TooLargeError } from './read-capped.js';
+import { readCapped, TooLargeError, type CappedBody } from './read-capped.js';
 import { TEMP_MEDIA_LIMITS, type WeChatApi } from './wechat-api.js';
 
-/** WeChat's temporary image limit: a bigger image is not even downloaded in full. */
+/**
+ * WeChat's temporary image limit: a bigger image is not even downloaded in full. 10 MB per the
+ * upload doc's list; where an account still enforces the 2 MB of older copies (research/wechat.md
+ * §4.5), WeChat answers 40009 and the image is sent as a link instead.
+ */
 export const WECHAT_IMAGE_MAX_BYTES = TEMP_MEDIA_LIMITS.image.maxBytes;
 /** A follower message buys 5 customer-service messages: more images than that are sent as links. */
 export const MAX_ANSWER_IMAGES = 5;
@@ -53,8 +57,36 @@ export function collectAnswerFiles(files: readonly DifyAnswerFile[], markdownIma
 }
 
 /**
- * Fetches each image at once (Dify signs file URLs for 5 minutes), checks WeChat's size limit and
- * formats, and uploads it as temporary media. An image that cannot be sent that way is kept as a
+ * Image downloads started while Dify is still streaming: Dify signs a file URL for 5 minutes when it
+ * sends it, and a long answer can outlast that, so a `message_file` image is fetched the moment its
+ * event arrives rather than after the stream. Only images that would be sent are fetched (WeChat's
+ * count and size limits, Dify's origin or https); errors surface when the answer's images are delivered.
+ */
+export class ImagePrefetch {
+  readonly #started = new Map<string, Promise<CappedBody>>();
+
+  constructor(private readonly opts: { difyOrigin: string; signal?: AbortSignal }) {}
+
+  /** Starts fetching `file` if it is an image worth fetching and not fetched yet. */
+  add(file: DifyAnswerFile): void {
+    const key = pathKey(file.url);
+    if (!key || !isImageFile(file) || this.#started.has(key) || this.#started.size >= MAX_ANSWER_IMAGES) return;
+    const url = new URL(file.url);
+    if (url.origin !== this.opts.difyOrigin && url.protocol !== 'https:') return;
+    const body = fetchImage(url, this.opts.signal);
+    body.catch(() => undefined); // handled by whoever takes it; an answer that fails never does
+    this.#started.set(key, body);
+  }
+
+  /** The download started for `url`'s path, if any. */
+  take(url: string): Promise<CappedBody> | undefined {
+    return this.#started.get(pathKey(url));
+  }
+}
+
+/**
+ * Fetches each image at once (Dify signs file URLs for 5 minutes) unless `prefetched` already
+ * started it, checks WeChat's size limit and formats, and uploads it as temporary media. An image that cannot be sent that way is kept as a
  * link (too big, another format, upload refused, no AppSecret) or dropped when even fetching it
  * failed (expired or unreachable: the follower could not open it either). Never throws: the
  * answer exists already and must not be asked again.
@@ -62,7 +94,7 @@ export function collectAnswerFiles(files: readonly DifyAnswerFile[], markdownIma
 export async function uploadAnswerImages(
   wechat: WeChatApi | undefined,
   files: readonly AnswerFile[],
-  opts: { difyOrigin: string; log: Logger; signal?: AbortSignal },
+  opts: { difyOrigin: string; log: Logger; signal?: AbortSignal; prefetched?: ImagePrefetch | undefined },
 ): Promise<DeliveredFiles> {
   const images = files.filter((f) => f.image);
   const links = files.filter((f) => !f.image);
@@ -84,7 +116,7 @@ export function sniffImage(bytes: Buffer): (typeof IMAGE_FORMATS)[number] | unde
   return IMAGE_FORMATS.find((f) => bytes.subarray(0, f.magic.length).equals(f.magic));
 }
 
-async function deliverImage(wechat: WeChatApi, file: AnswerFile, opts: { difyOrigin: string; log: Logger; signal?: AbortSignal }): Promise<Outcome> {
+async function deliverImage(wechat: WeChatApi, file: AnswerFile, opts: { difyOrigin: string; log: Logger; signal?: AbortSignal; prefetched?: ImagePrefetch | undefined }): Promise<Outcome> {
   const where = pathKey(file.url);
   const url = new URL(file.url);
   // Answers may carry any URL a model wrote: fetch only Dify's own files and public https ones.
@@ -94,8 +126,7 @@ async function deliverImage(wechat: WeChatApi, file: AnswerFile, opts: { difyOri
   }
   let body;
   try {
-    const stream = got.stream(url, { timeout: { request: FETCH_TIMEOUT_MS }, retry: { limit: 0 }, maxRedirects: 3, ...(opts.signal ? { signal: opts.signal } : {}) });
-    body = await readCapped(stream, WECHAT_IMAGE_MAX_BYTES);
+    body = await (opts.prefetched?.take(file.url) ?? fetchImage(url, opts.signal));
   } catch (err) {
     if (err instanceof TooLargeError) {
       opts.log.warn({ image: where, limit: err.limit }, 'answer image over WeChat\'s size limit; sending a link');
@@ -117,6 +148,12 @@ async function deliverImage(wechat: WeChatApi, file: AnswerFile, opts: { difyOri
     opts.log.warn({ image: where, err: (err as Error).message, errcode: (err as { errcode?: number }).errcode }, 'answer image upload failed; sending a link');
     return { link: true };
   }
+}
+
+/** The image's bytes, read no further than WeChat's limit. */
+function fetchImage(url: URL, signal: AbortSignal | undefined): Promise<CappedBody> {
+  const stream = got.stream(url, { timeout: { request: FETCH_TIMEOUT_MS }, retry: { limit: 0 }, maxRedirects: 3, ...(signal ? { signal } : {}) });
+  return readCapped(stream, WECHAT_IMAGE_MAX_BYTES);
 }
 
 function isImageFile(f: DifyAnswerFile): boolean {

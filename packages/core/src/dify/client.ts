@@ -35,7 +35,7 @@ export interface DifyClientOptions {
   appType: DifyAppType;
   /** The input variable that receives the user's text in completion and workflow apps. */
   queryVariable: string;
-  /** The workflow output holding the answer; the first string output otherwise. */
+  /** The workflow output holding the answer; unset: the `text_chunk` text, else the first string output. */
   outputVariable?: string;
   /** Longest wait for a data event (pings do not count). */
   idleTimeoutMs: number;
@@ -59,6 +59,10 @@ export interface DifyAskRequest {
   onConversationId?: (id: string) => void | Promise<void>;
   /** The job's logger; the client's otherwise. */
   logger?: Logger;
+  /** Called once per answer file as soon as the stream names it (signed URLs expire 5 minutes after signing). */
+  onFile?: (file: DifyAnswerFile) => void;
+  /** Called for every failed try (HTTP, network, stream, timeout), the retried ones too: metrics see retries. */
+  onTryFailed?: (err: AppError) => void;
 }
 
 /** The Dify Service API as the relay uses it. */
@@ -67,7 +71,7 @@ export interface DifyClient {
   getAppMode(): Promise<DifyAppMode>;
   /** `GET /parameters`, cached. */
   getParameters(): Promise<DifyParameters>;
-  /** Whether the app takes image files; false when `/parameters` cannot be read. */
+  /** Whether the app takes image files as `remote_url`; false when `/parameters` cannot be read. */
   acceptsImages(): Promise<boolean>;
   /** Asks a question and reads the streamed answer to its end. */
   ask(req: DifyAskRequest): Promise<DifyAnswer>;
@@ -93,6 +97,8 @@ const DEFAULT_RETRY = { attempts: 2, baseDelayMs: 500 };
 const TERMINAL_GRACE_MS = 2_000;
 const ERROR_BODY_LIMIT = 64 * 1024;
 const STOP_TIMEOUT_MS = 5_000;
+/** The lookup that tells a lost conversation from a slow answer. */
+const CONVERSATION_CHECK_TIMEOUT_MS = 10_000;
 /** Speech-to-text of a WeChat voice (at most 60 s) takes seconds; the total deadline still caps it. */
 const AUDIO_TO_TEXT_TIMEOUT_MS = 60_000;
 
@@ -151,9 +157,7 @@ export function createDifyClient(opts: DifyClientOptions): DifyClient {
     },
     async acceptsImages() {
       try {
-        const upload = (await client.getParameters()).file_upload;
-        return upload?.image?.enabled === true
-          || (upload?.enabled === true && (upload.allowed_file_types ?? []).includes('image'));
+        return acceptsRemoteImages((await client.getParameters()).file_upload);
       } catch (err) {
         opts.logger.warn({ err }, 'dify parameters unreadable, assuming no images');
         return false;
@@ -216,6 +220,20 @@ async function postAudioToText(base: string, opts: DifyClientOptions, audio: Uin
   return text;
 }
 
+/**
+ * Images go to Dify as `remote_url` files, so the app must take images and that transfer method.
+ * Dify checks every method list its upload config has (the `image` block's `transfer_methods`, the
+ * newer `allowed_file_upload_methods`) and refuses the whole message with 400 "File validation
+ * failed" when one lacks the method; with no list at all there is nothing to rely on.
+ */
+function acceptsRemoteImages(upload: DifyParameters['file_upload']): boolean {
+  if (!upload) return false;
+  const imagesOn = upload.image?.enabled === true || (upload.enabled === true && (upload.allowed_file_types ?? []).includes('image'));
+  const lists = [upload.image?.transfer_methods, upload.enabled === true ? upload.allowed_file_upload_methods : undefined]
+    .filter((l): l is string[] => Array.isArray(l) && l.length > 0);
+  return imagesOn && lists.length > 0 && lists.every((l) => l.includes('remote_url'));
+}
+
 /** Resolves a file URL Dify gave (relative when `FILES_URL` is unset) against the Dify origin. */
 export function resolveDifyUrl(baseUrl: string, url: string): string {
   return new URL(url, new URL(baseUrl).origin).toString();
@@ -228,6 +246,7 @@ async function askWithRetry(ctx: Ctx, conversationId: string | undefined): Promi
     try {
       return await runAttempt(ctx, conversationId);
     } catch (err) {
+      if (err instanceof AppError && !ctx.req.signal?.aborted) ctx.req.onTryFailed?.(err);
       if (!(err instanceof AppError) || !err.retryable || attempt >= retry.attempts) throw err;
       const delayMs = retry.baseDelayMs * 2 ** attempt;
       if (Date.now() + delayMs >= ctx.deadlineAt) throw err;
@@ -267,7 +286,7 @@ async function runAttempt(ctx: Ctx, conversationId: string | undefined): Promise
     return finish(ctx, state);
   } catch (err) {
     if (err instanceof AppError) throw err;
-    if (dog.reason) return onGiveUp(ctx, state, dog.reason, conversationId);
+    if (dog.reason) return await onGiveUp(ctx, state, dog.reason, conversationId);
     return onBrokenStream(ctx, state, err);
   } finally {
     dog.clear();
@@ -329,8 +348,7 @@ function onWorkflowFinished(ctx: Ctx, state: AnswerState, data: WorkflowFinished
 
 /** The answer once the stream is over; no text and no terminal event is an error. */
 function finish(ctx: Ctx, state: AnswerState): AttemptAnswer {
-  const output = pickOutput(state.outputs, ctx.opts.outputVariable);
-  const text = output !== undefined && (ctx.mode === 'workflow' || state.text === '') ? output : state.text;
+  const text = answerText(ctx, state);
   if (!state.terminal && text === '' && state.files.size === 0) {
     throw new AppError('dify_stream', `dify stream ended without an answer after ${state.dataEvents} events`);
   }
@@ -347,18 +365,45 @@ function finish(ctx: Ctx, state: AnswerState): AttemptAnswer {
 }
 
 /** The watchdog fired or the caller aborted: the request is already aborted. */
-function onGiveUp(ctx: Ctx, state: AnswerState, reason: StopReason, conversationId: string | undefined): AttemptAnswer {
+async function onGiveUp(ctx: Ctx, state: AnswerState, reason: StopReason, conversationId: string | undefined): Promise<AttemptAnswer> {
   if (reason === 'caller') throw callerAborted(ctx.req.signal);
   // a terminal event arrived and the server just did not close: the answer is complete
   if (state.terminal) return finish(ctx, state);
-  if (reason === 'idle' && conversationId !== undefined && state.dataEvents === 0) {
-    // Dify versions that look the conversation up inside the generator hang with pings only (#38800)
-    throw new AppError('dify_conversation_gone', `no data event for ${ctx.opts.idleTimeoutMs} ms with a stored conversation`);
+  // Dify versions that look the conversation up inside the generator hang with pings only (#38800),
+  // but so does a slow model: drop the conversation (and pay for a second answer) only once Dify
+  // confirms it is gone, or the follower loses their context to a slow answer.
+  if (reason === 'idle' && conversationId !== undefined && state.dataEvents === 0 && (await isConversationGone(ctx, conversationId))) {
+    throw new AppError('dify_conversation_gone', `no data event for ${ctx.opts.idleTimeoutMs} ms and GET /messages answers 404`);
   }
   const what = reason === 'idle'
     ? `no data event from dify for ${ctx.opts.idleTimeoutMs} ms`
     : `dify answer exceeded ${ctx.opts.totalTimeoutMs} ms`;
   throw new AppError('dify_timeout', `${what} (${state.dataEvents} events, ${state.text.length} chars)`);
+}
+
+/**
+ * `GET /messages?conversation_id&user&limit=1` (dify-api.md §4.4): true only on 404 "Conversation
+ * Not Exists"; any other answer, or none, leaves the conversation alone.
+ */
+async function isConversationGone(ctx: Ctx, conversationId: string): Promise<boolean> {
+  const path = '/messages';
+  try {
+    const res = await (await loadGot()).get(`${ctx.base}${path}`, {
+      searchParams: { conversation_id: conversationId, user: ctx.req.user, limit: 1 },
+      headers: authHeader(ctx.opts),
+      throwHttpErrors: false,
+      retry: { limit: 0 },
+      timeout: { request: Math.max(1, Math.min(ctx.opts.idleTimeoutMs, CONVERSATION_CHECK_TIMEOUT_MS, ctx.deadlineAt - Date.now())) },
+      ...(ctx.req.signal ? { signal: ctx.req.signal } : {}),
+    });
+    const body = res.statusCode === 200 ? {} : parseErrorBody(res.body);
+    const gone = res.statusCode === 404 && body.code === 'not_found' && isConversationGoneMessage(body.message);
+    ctx.log.info({ status: res.statusCode, gone }, 'dify conversation checked after a silent stream');
+    return gone;
+  } catch (err) {
+    ctx.log.warn({ path, code: errorCode(err) }, 'dify conversation check failed; keeping the conversation');
+    return false;
+  }
 }
 
 /** A network error: retryable before any event; after text, the answer so far is returned as truncated. */
@@ -513,11 +558,20 @@ function authHeader(opts: DifyClientOptions): Record<string, string> {
   return { authorization: `Bearer ${opts.apiKey}` };
 }
 
-function pickOutput(outputs: Record<string, unknown> | null | undefined, variable: string | undefined): string | undefined {
-  if (!outputs || typeof outputs !== 'object') return undefined;
+/**
+ * The answer text. A workflow's configured output variable wins (the operator named it); otherwise
+ * the streamed text (`text_chunk`, `message`, ...), else the configured output of a chatflow, else
+ * the first string output. Outputs often hold intermediate strings too, so an unnamed one must not
+ * override what the End node streamed.
+ */
+function answerText(ctx: Ctx, state: AnswerState): string {
+  const outputs = state.outputs && typeof state.outputs === 'object' ? state.outputs : {};
+  const variable = ctx.opts.outputVariable;
   const named = variable === undefined ? undefined : outputs[variable];
+  if (ctx.mode === 'workflow' && typeof named === 'string') return named;
+  if (state.text !== '') return state.text;
   if (typeof named === 'string') return named;
-  return Object.values(outputs).find((v): v is string => typeof v === 'string');
+  return Object.values(outputs).find((v): v is string => typeof v === 'string') ?? '';
 }
 
 /** File objects (`dify_model_identity: "__dify__file__"`) anywhere inside workflow outputs. */
@@ -548,6 +602,7 @@ function addFile(ctx: Ctx, state: AnswerState, f: object, from: DifyAnswerFileSo
   if (typeof raw.mime_type === 'string') file.mimeType = raw.mime_type;
   if (typeof raw.filename === 'string') file.filename = raw.filename;
   state.files.set(key, file);
+  ctx.req.onFile?.(file);
 }
 
 function errorCode(err: unknown): string {

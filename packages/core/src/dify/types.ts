@@ -237,6 +237,8 @@ export interface DifyParameters {
   file_upload?: {
     enabled?: boolean;
     allowed_file_types?: string[];
+    /** `remote_url`, `local_file`: how files may reach the app (newer file config). */
+    allowed_file_upload_methods?: string[];
     image?: { enabled?: boolean; number_limits?: number; transfer_methods?: string[] };
   };
   system_parameters?: Record<string, number>;
