@@ -3,6 +3,7 @@ import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { sha1Signature } from '../packages/core/src/index.js';
 import { startFakeDify, type FakeDify } from './fakes/fake-dify.js';
 import { startStack, testEnv, TOKEN, type Stack } from './helpers/stack.js';
+import { twoModesConfigFile } from './helpers/wechat-timing.js';
 
 let msgSeq = 7_000_000_000_000_000_000n;
 const nextMsgId = () => String(msgSeq++);
@@ -132,8 +133,47 @@ describe('a follower message through ingress, queue, worker and Dify', () => {
     expect(dify.runRequests().length).toBe(before);
   });
 
+  it('refuses a FromUserName that is not an OpenID with 400, before anything is written to Redis', async () => {
+    const sim = stack.simulator('plain');
+    const msgId = nextMsgId();
+    const { url, body } = sim.buildRequest(sim.messageXml('a:b', { MsgType: 'text', Content: 'colon', MsgId: msgId }));
+    const res = await fetch(url, { method: 'POST', body, headers: { 'content-type': 'text/xml' } });
+    expect(res.status).toBe(400);
+    const written = (await redis.keys(`${stack.config.queuePrefix}*`)).filter((k) => k.includes(msgId) || k.includes('a:b'));
+    expect(written).toEqual([]);
+  });
+
   it('serves /healthz and /readyz', async () => {
     expect((await fetch(`${stack.ingress.url}/healthz`)).status).toBe(200);
     expect((await fetch(`${stack.ingress.url}/readyz`)).status).toBe(200);
+  });
+});
+
+describe('the idempotency key: account + FromUserName + MsgId', () => {
+  let dify: FakeDify;
+  let stack: Stack;
+
+  beforeAll(async () => {
+    dify = await startFakeDify({ mode: 'chat', answer: (q) => `Echo: ${q}` });
+    stack = await startStack(testEnv({ dify, overrides: { CONFIG_FILE: twoModesConfigFile(dify, 'http://127.0.0.1:9') } }));
+  });
+  afterAll(async () => {
+    await stack.close();
+    await dify.close();
+  });
+
+  it('gives two followers, and two accounts, sending the same MsgId a Dify call and an answer each', async () => {
+    // A bare MsgId has collided across users in the wild (DESIGN.md, invariant 1).
+    const msgId = nextMsgId();
+    const senders = [['push', 'o_same_a'], ['push', 'o_same_b'], ['wait', 'o_same_a']] as const;
+    const results = await Promise.all(
+      senders.map(([account, openId]) => {
+        const sim = stack.simulator('plain', account);
+        return sim.attempt(sim.messageXml(openId, { MsgType: 'text', Content: `${account} ${openId}`, MsgId: msgId }));
+      }),
+    );
+    expect(results.map((r) => [r.reply?.ToUserName, r.reply?.Content])).toEqual(senders.map(([account, openId]) => [openId, `Echo: ${account} ${openId}`]));
+    const runs = dify.runRequests().filter((r) => (r.body as { inputs: { msgId: string } }).inputs.msgId === msgId);
+    expect(runs.map((r) => (r.body as { query: string }).query).sort()).toEqual(senders.map(([account, openId]) => `${account} ${openId}`).sort());
   });
 });
