@@ -1,3 +1,4 @@
+import { request, type IncomingMessage } from 'node:http';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { sha1Signature } from '../packages/core/src/index.js';
@@ -131,6 +132,30 @@ describe('a follower message through ingress, queue, worker and Dify', () => {
     const garbledUrl = safe.url.replace(/msg_signature=[0-9a-f]+/, `msg_signature=${sha1Signature(TOKEN, ts, nonce, garbled)}`);
     expect(await post(garbledUrl, `<xml><ToUserName>gh</ToUserName><Encrypt>${garbled}</Encrypt></xml>`)).toBe(400);
     expect(dify.runRequests().length).toBe(before);
+  });
+
+  it('refuses a bad signature with 403 before reading the body, and closes the connection', async () => {
+    const sim = stack.simulator('plain');
+    const { url } = sim.buildRequest(sim.messageXml('o_big', { MsgType: 'text', Content: 'x', MsgId: nextMsgId() }));
+    const forged = url.replace(/signature=[0-9a-f]+/, `signature=${'0'.repeat(40)}`);
+    // Announces almost 1 MiB, sends 1 KiB and then nothing: only a server that refuses before reading answers at all.
+    const req = request(forged, { method: 'POST', headers: { 'content-type': 'text/xml', 'content-length': String(1024 * 1024 - 1) } });
+    const started = Date.now();
+    const answered = new Promise<IncomingMessage>((resolve, reject) => {
+      req.once('response', resolve);
+      req.once('error', reject);
+      setTimeout(() => reject(new Error('no answer while the body was incomplete')), 3000).unref();
+    });
+    req.write(`<xml>${'x'.repeat(1024)}`);
+    try {
+      const res = await answered;
+      expect(res.statusCode).toBe(403);
+      expect(res.headers.connection).toBe('close');
+      expect(Date.now() - started).toBeLessThan(1000);
+      res.resume();
+    } finally {
+      req.destroy();
+    }
   });
 
   it('refuses a FromUserName that is not an OpenID with 400, before anything is written to Redis', async () => {
