@@ -34,7 +34,7 @@ try {
 } catch (err) {
   if (!(err instanceof ConfigError)) throw err;
   console.error(
-    `\n  npm start: the configuration (environment or .env) is not complete:\n    - ${err.issues.join('\n    - ')}` +
+    `\n  npm start: the configuration (environment or .env) is incomplete or invalid:\n    - ${err.issues.join('\n    - ')}` +
       `\n  Fill these in (see .env.example), or unset WECHAT_TOKEN, WECHAT_APP_ID, DIFY_API_KEY and CONFIG_FILE for the demo mode.\n`,
   );
   process.exit(1);

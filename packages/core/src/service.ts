@@ -20,7 +20,6 @@ export async function runService(
   } catch (err) {
     if (!(err instanceof ConfigError)) throw err;
     logger.fatal(err.message);
-    logger.flush();
     process.exit(1);
   }
   logger.level = config.logLevel;
