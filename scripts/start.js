@@ -6,6 +6,7 @@ import { existsSync, mkdirSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { ConfigError, loadConfig } from '@wxdify/core';
 import pretty from 'pino-pretty';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
@@ -15,15 +16,28 @@ const env = { ...process.env };
 const children = [];
 let stopping = false;
 
+// Demo mode only for a newcomer who has configured nothing at all. Anyone who set one of these
+// means a real deployment: filling in the rest with public placeholders (a token everybody knows,
+// on every interface) would serve a forgeable endpoint, so the normal validation names what is missing.
 const DEMO = { WECHAT_TOKEN: 'devtoken', WECHAT_APP_ID: 'wxdemo', DIFY_API_KEY: 'app-demo' };
-if (!env.CONFIG_FILE && Object.keys(DEMO).some((k) => !env[k])) {
-  const missing = Object.keys(DEMO).filter((k) => !env[k]);
+if (!env.CONFIG_FILE && Object.keys(DEMO).every((k) => !env[k])) {
   console.warn(
-    `\n  No ${missing.join(', ')} in the environment or .env: starting in DEMO mode with placeholder values` +
-      `\n  (${missing.map((k) => `${k}=${DEMO[k]}`).join(', ')}). Copy .env.example to .env and fill it in` +
-      `\n  to talk to your Official Account and your Dify app.\n`,
+    `\n  No WeChat or Dify settings in the environment or .env: starting in DEMO mode with placeholder values` +
+      `\n  (${Object.entries(DEMO).map(([k, v]) => `${k}=${v}`).join(', ')}), listening on 127.0.0.1 only.` +
+      `\n  Copy .env.example to .env and fill it in to talk to your Official Account and your Dify app.\n`,
   );
-  for (const k of missing) env[k] = DEMO[k];
+  Object.assign(env, DEMO, { HOST: '127.0.0.1' });
+}
+
+try {
+  loadConfig(env);
+} catch (err) {
+  if (!(err instanceof ConfigError)) throw err;
+  console.error(
+    `\n  npm start: the configuration (environment or .env) is incomplete or invalid:\n    - ${err.issues.join('\n    - ')}` +
+      `\n  Fill these in (see .env.example), or unset WECHAT_TOKEN, WECHAT_APP_ID, DIFY_API_KEY and CONFIG_FILE for the demo mode.\n`,
+  );
+  process.exit(1);
 }
 
 if (!env.REDIS_URL) {

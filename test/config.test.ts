@@ -1,9 +1,12 @@
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, inject, it } from 'vitest';
 import { ConfigError, loadConfig } from '../packages/core/src/index.js';
+import { uniquePrefix } from './helpers/prefix.js';
+import { freePort } from './helpers/redis-server.js';
+import { eventually } from './helpers/wechat-timing.js';
 
 const base = { REDIS_URL: 'redis://127.0.0.1:6379', WECHAT_APP_ID: 'wx1', WECHAT_TOKEN: 'tok123', DIFY_API_KEY: 'app-k' };
 
@@ -91,5 +94,39 @@ describe('loadConfig', () => {
     });
     expect(res.status).toBe(1);
     expect(res.stdout + res.stderr).toContain('WECHAT_TOKEN');
+  });
+
+  it('names a bad LOG_LEVEL with the other bad fields instead of crashing on it', () => {
+    const res = spawnSync(process.execPath, ['apps/worker/dist/main.js'], {
+      env: { PATH: process.env.PATH, REDIS_URL: 'redis://127.0.0.1:1', WECHAT_APP_ID: 'wx', DIFY_API_KEY: 'k', LOG_LEVEL: 'verbose' },
+      encoding: 'utf8',
+      timeout: 10_000,
+    });
+    expect(res.status).toBe(1);
+    const fatal = res.stdout.split('\n').filter(Boolean).map((line) => JSON.parse(line) as { level: number; msg: string });
+    expect(fatal).toHaveLength(1);
+    expect(fatal[0]!.level).toBe(60);
+    expect(fatal[0]!.msg).toMatch(/LOG_LEVEL: .*\n(.*\n)*.*WECHAT_TOKEN: is required|WECHAT_TOKEN: is required(.*\n)*.*LOG_LEVEL: /);
+  });
+
+  it('applies a valid LOG_LEVEL once the configuration is loaded', async () => {
+    expect(issuesOf({ ...base, LOG_LEVEL: 'verbose' }).map((i) => i.split(':')[0])).toEqual(['LOG_LEVEL']);
+    const port = await freePort();
+    const child = spawn(process.execPath, ['apps/ingress/dist/main.js'], {
+      env: { PATH: process.env.PATH, ...base, REDIS_URL: inject('redisUrl'), QUEUE_PREFIX: uniquePrefix(), PORT: String(port), LOG_LEVEL: 'warn' },
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
+    let stdout = '';
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    try {
+      await eventually(async () => (await fetch(`http://127.0.0.1:${port}/healthz`).catch(() => undefined))?.status === 200, 10_000);
+    } finally {
+      const exited = new Promise((r) => child.once('exit', r));
+      child.kill('SIGTERM');
+      await exited;
+    }
+    // 'ingress listening', 'shutting down' … are info lines: none at warn.
+    const levels = stdout.split('\n').filter(Boolean).map((line) => (JSON.parse(line) as { level: number }).level);
+    expect(levels.filter((level) => level < 40)).toEqual([]);
   });
 });

@@ -1,11 +1,27 @@
+import { request, type IncomingMessage } from 'node:http';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { sha1Signature } from '../packages/core/src/index.js';
 import { startFakeDify, type FakeDify } from './fakes/fake-dify.js';
-import { startStack, testEnv, TOKEN, type Stack } from './helpers/stack.js';
+import { AES_KEY, APP_ID, startStack, testEnv, TOKEN, type Stack } from './helpers/stack.js';
+import { WXBizMsgCrypt } from './helpers/wechat-reference.js';
+import { twoModesConfigFile } from './helpers/wechat-timing.js';
 
 let msgSeq = 7_000_000_000_000_000_000n;
 const nextMsgId = () => String(msgSeq++);
+
+/** One element's text, CDATA or not, read without the project's XML parser. */
+const field = (xml: string, name: string) => xml.match(new RegExp(`<${name}>(?:<!\\[CDATA\\[)?(.*?)(?:\\]\\]>)?</${name}>`, 's'))?.[1];
+
+/** Checks an encrypted reply's MsgSignature and opens it with node-webot's wechat-crypto; the AppID inside must be ours. */
+function openWithReference(body: string): string {
+  const reference = new WXBizMsgCrypt(TOKEN, AES_KEY, APP_ID);
+  const sealed = field(body, 'Encrypt')!;
+  expect(reference.getSignature(field(body, 'TimeStamp')!, field(body, 'Nonce')!, sealed)).toBe(field(body, 'MsgSignature'));
+  const opened = reference.decrypt(sealed);
+  expect(opened.id).toBe(APP_ID);
+  return opened.message;
+}
 
 describe('a follower message through ingress, queue, worker and Dify', () => {
   let dify: FakeDify;
@@ -28,11 +44,27 @@ describe('a follower message through ingress, queue, worker and Dify', () => {
     const openId = `o_user_${mode}`;
     const result = await sim.attempt(sim.messageXml(openId, { MsgType: 'text', Content: `hello ${mode}`, MsgId: nextMsgId() }));
     expect(result.status).toBe(200);
-    // The simulator opened (and, when encrypted, verified and decrypted) the reply.
-    expect(result.reply).toMatchObject({ ToUserName: openId, FromUserName: 'gh_simulator', MsgType: 'text', Content: `Echo: hello ${mode}` });
+    // Encrypted replies are opened by an independent implementation, not by the project's own Encryptor.
+    const reply = mode === 'plain' ? result.body : openWithReference(result.body);
+    expect([field(reply, 'ToUserName'), field(reply, 'FromUserName'), field(reply, 'MsgType'), field(reply, 'Content')]).toEqual([openId, 'gh_simulator', 'text', `Echo: hello ${mode}`]);
     if (mode === 'plain') expect(result.body).toContain('<Content><![CDATA[Echo: hello plain]]></Content>');
     else expect(result.body).toMatch(/^<xml><Encrypt>.*<MsgSignature>.*<TimeStamp>.*<Nonce>/s);
     expect(result.ms).toBeLessThan(2000);
+  });
+
+  it.each(['compatible', 'safe'] as const)('answers a request sealed by an independent implementation with a reply it opens, in %s mode', async (mode) => {
+    // node-webot's wechat-crypto seals the request and opens the reply: the project's own Encryptor is on neither side.
+    const reference = new WXBizMsgCrypt(TOKEN, AES_KEY, APP_ID);
+    const openId = `o_reference_${mode}`;
+    const inner = `<xml><ToUserName><![CDATA[gh_reference]]></ToUserName><FromUserName><![CDATA[${openId}]]></FromUserName><CreateTime>1700000000</CreateTime><MsgType><![CDATA[text]]></MsgType><Content><![CDATA[sealed ${mode}]]></Content><MsgId>${nextMsgId()}</MsgId></xml>`;
+    const encrypt = reference.encrypt(inner);
+    const [timestamp, nonce] = [String(Math.floor(Date.now() / 1000)), '424242'];
+    const query = new URLSearchParams({ signature: sha1Signature(TOKEN, timestamp, nonce), timestamp, nonce, encrypt_type: 'aes', msg_signature: reference.getSignature(timestamp, nonce, encrypt) });
+    const plain = mode === 'compatible' ? inner.replace(/^<xml>|<\/xml>$/g, '') : '<ToUserName><![CDATA[gh_reference]]></ToUserName>';
+    const res = await fetch(`${stack.ingress.url}/wechat?${query}`, { method: 'POST', body: `<xml>${plain}<Encrypt><![CDATA[${encrypt}]]></Encrypt></xml>` });
+    expect(res.status).toBe(200);
+    const reply = openWithReference(await res.text());
+    expect([field(reply, 'ToUserName'), field(reply, 'FromUserName'), field(reply, 'Content')]).toEqual([openId, 'gh_reference', `Echo: sealed ${mode}`]);
   });
 
   it('sends Dify the OpenID as user and the seed plugin\'s inputs, and reuses the conversation', async () => {
@@ -69,7 +101,15 @@ describe('a follower message through ingress, queue, worker and Dify', () => {
       sim.messageXml(openId, { MsgType: 'image', PicUrl: 'http://mmbiz.example/pic.jpg', MediaId: 'media1', MsgId: nextMsgId() }),
     );
     expect(image.reply?.Content).toContain('http://mmbiz.example/pic.jpg');
-    const inputs = dify.runRequests().filter((r) => (r.body as { user: string }).user === openId).map((r) => (r.body as { inputs: Record<string, string> }).inputs);
+    const runs = dify.runRequests().filter((r) => (r.body as { user: string }).user === openId).map((r) => r.body as { query: string; inputs: Record<string, string> });
+    // The text Dify reads carries what the follower shared, not only the inputs.
+    expect(runs[0]!.query).toEqual(expect.stringContaining('Canton Tower'));
+    expect(runs[0]!.query).toEqual(expect.stringContaining('23.134521'));
+    expect(runs[0]!.query).toEqual(expect.stringContaining('113.358803'));
+    expect(runs[1]!.query).toEqual(expect.stringContaining('Dify docs'));
+    expect(runs[1]!.query).toEqual(expect.stringContaining('https://docs.dify.ai'));
+    expect(runs[2]!.query).toEqual(expect.stringContaining('http://mmbiz.example/pic.jpg'));
+    const inputs = runs.map((r) => r.inputs);
     expect(inputs[0]).toMatchObject({ msgType: 'location', label: 'Canton Tower', locationX: '23.134521' });
     expect(inputs[1]).toMatchObject({ msgType: 'link', title: 'Dify docs', url: 'https://docs.dify.ai' });
     expect(inputs[2]).toMatchObject({ msgType: 'image', picUrl: 'http://mmbiz.example/pic.jpg' });
@@ -132,8 +172,71 @@ describe('a follower message through ingress, queue, worker and Dify', () => {
     expect(dify.runRequests().length).toBe(before);
   });
 
+  it('refuses a bad signature with 403 before reading the body, and closes the connection', async () => {
+    const sim = stack.simulator('plain');
+    const { url } = sim.buildRequest(sim.messageXml('o_big', { MsgType: 'text', Content: 'x', MsgId: nextMsgId() }));
+    const forged = url.replace(/signature=[0-9a-f]+/, `signature=${'0'.repeat(40)}`);
+    // Announces almost 1 MiB, sends 1 KiB and then nothing: only a server that refuses before reading answers at all.
+    const req = request(forged, { method: 'POST', headers: { 'content-type': 'text/xml', 'content-length': String(1024 * 1024 - 1) } });
+    const started = Date.now();
+    const answered = new Promise<IncomingMessage>((resolve, reject) => {
+      req.once('response', resolve);
+      req.once('error', reject);
+      setTimeout(() => reject(new Error('no answer while the body was incomplete')), 3000).unref();
+    });
+    req.write(`<xml>${'x'.repeat(1024)}`);
+    try {
+      const res = await answered;
+      expect(res.statusCode).toBe(403);
+      expect(res.headers.connection).toBe('close');
+      expect(Date.now() - started).toBeLessThan(1000);
+      res.resume();
+    } finally {
+      req.destroy();
+    }
+  });
+
+  it('refuses a FromUserName that is not an OpenID with 400, before anything is written to Redis', async () => {
+    const sim = stack.simulator('plain');
+    const msgId = nextMsgId();
+    const { url, body } = sim.buildRequest(sim.messageXml('a:b', { MsgType: 'text', Content: 'colon', MsgId: msgId }));
+    const res = await fetch(url, { method: 'POST', body, headers: { 'content-type': 'text/xml' } });
+    expect(res.status).toBe(400);
+    const written = (await redis.keys(`${stack.config.queuePrefix}*`)).filter((k) => k.includes(msgId) || k.includes('a:b'));
+    expect(written).toEqual([]);
+  });
+
   it('serves /healthz and /readyz', async () => {
     expect((await fetch(`${stack.ingress.url}/healthz`)).status).toBe(200);
     expect((await fetch(`${stack.ingress.url}/readyz`)).status).toBe(200);
+  });
+});
+
+describe('the idempotency key: account + FromUserName + MsgId', () => {
+  let dify: FakeDify;
+  let stack: Stack;
+
+  beforeAll(async () => {
+    dify = await startFakeDify({ mode: 'chat', answer: (q) => `Echo: ${q}` });
+    stack = await startStack(testEnv({ dify, overrides: { CONFIG_FILE: twoModesConfigFile(dify, 'http://127.0.0.1:9') } }));
+  });
+  afterAll(async () => {
+    await stack.close();
+    await dify.close();
+  });
+
+  it('gives two followers, and two accounts, sending the same MsgId a Dify call and an answer each', async () => {
+    // A bare MsgId has collided across users in the wild (DESIGN.md, invariant 1).
+    const msgId = nextMsgId();
+    const senders = [['push', 'o_same_a'], ['push', 'o_same_b'], ['wait', 'o_same_a']] as const;
+    const results = await Promise.all(
+      senders.map(([account, openId]) => {
+        const sim = stack.simulator('plain', account);
+        return sim.attempt(sim.messageXml(openId, { MsgType: 'text', Content: `${account} ${openId}`, MsgId: msgId }));
+      }),
+    );
+    expect(results.map((r) => [r.reply?.ToUserName, r.reply?.Content])).toEqual(senders.map(([account, openId]) => [openId, `Echo: ${account} ${openId}`]));
+    const runs = dify.runRequests().filter((r) => (r.body as { inputs: { msgId: string } }).inputs.msgId === msgId);
+    expect(runs.map((r) => (r.body as { query: string }).query).sort()).toEqual(senders.map(([account, openId]) => `${account} ${openId}`).sort());
   });
 });

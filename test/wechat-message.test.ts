@@ -166,6 +166,37 @@ describe('parseInboundMessage: refusals', () => {
     expectMissing({ ToUserName: 'g', FromUserName: 'o', CreateTime: '1', MsgType: 'whatever' }, 'MsgId');
   });
 
+  // The ids become part of BullMQ job ids and Redis keys: BullMQ refuses `:` in a job id, after the attempt is recorded.
+  it.each([
+    ['FromUserName', 'a:b'],
+    ['FromUserName', 'o user'],
+    ['FromUserName', 'o/../x'],
+    ['FromUserName', 'o中'],
+    ['ToUserName', 'gh:1'],
+    ['MsgId', '12a'],
+    ['MsgId', '1:2'],
+    ['MsgId', '-1'],
+    ['CreateTime', '1700000000:1'],
+  ])('refuses %s %j, which WeChat never sends', (name, value) => {
+    let caught: unknown;
+    try {
+      parseInboundMessage({ ...text, [name]: value });
+    } catch (err) {
+      caught = err;
+    }
+    expect(caught).toMatchObject({ code: 'bad_request', status: 400, message: `invalid field ${name}` });
+  });
+
+  it('refuses an event from an id that is not WeChat\'s form', () => {
+    const base = { ToUserName: 'g', FromUserName: 'a:b', CreateTime: '1', MsgType: 'event', Event: 'subscribe' };
+    expect(() => parseInboundMessage(base)).toThrow('invalid field FromUserName');
+  });
+
+  it('accepts OpenIDs and original ids with `-` and `_`', () => {
+    const message = parseInboundMessage({ ...text, FromUserName: 'oia2Tj-uEGTNoeX76_QEjQNrcURxG8', ToUserName: 'gh_7f083739789a' });
+    expect(message).toMatchObject({ fromUserName: 'oia2Tj-uEGTNoeX76_QEjQNrcURxG8', toUserName: 'gh_7f083739789a' });
+  });
+
   it('requires Event on events but not MsgId', () => {
     const base = { ToUserName: 'g', FromUserName: 'o', CreateTime: '1', MsgType: 'event' };
     expectMissing(base, 'Event');

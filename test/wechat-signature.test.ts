@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { sha1Signature, verifyMsgSignature, verifySignature } from '../packages/core/src/wechat/index.js';
 
@@ -46,6 +47,15 @@ describe('verifySignature', () => {
     }
   });
 
+  it('refuses a signature one character off, wherever that character is', () => {
+    for (let i = 0; i < SIGNATURE.length; i++) {
+      const other = SIGNATURE[i] === '0' ? '1' : '0';
+      const signature = `${SIGNATURE.slice(0, i)}${other}${SIGNATURE.slice(i + 1)}`;
+      expect(verifySignature(TOKEN, { signature, timestamp: TIMESTAMP, nonce: NONCE }), `position ${i}`).toBe(false);
+      expect(verifyMsgSignature(TOKEN, { msgSignature: signature, timestamp: TIMESTAMP, nonce: NONCE, encrypt: 'abc' })).toBe(false);
+    }
+  });
+
   it('refuses upper-case hex, as WeChat only sends lower case', () => {
     expect(verifySignature(TOKEN, { signature: SIGNATURE.toUpperCase(), timestamp: TIMESTAMP, nonce: NONCE })).toBe(false);
   });
@@ -76,5 +86,25 @@ describe('verifyMsgSignature', () => {
     expect(verifyMsgSignature(TOKEN, { ...ok, encrypt: '' })).toBe(false);
     expect(verifyMsgSignature(TOKEN, { ...ok, timestamp: undefined })).toBe(false);
     expect(verifyMsgSignature(TOKEN, { ...ok, nonce: undefined })).toBe(false);
+  });
+});
+
+// Timing cannot be measured reliably on a shared machine (a 40-character `===` differs by nanoseconds),
+// so this reads the source: both checks go through crypto.timingSafeEqual, and nothing that checks a
+// request's signature compares strings directly.
+describe('constant-time comparison', () => {
+  const source = (file: string) => readFileSync(new URL(`../packages/core/src/wechat/${file}`, import.meta.url), 'utf8');
+
+  it('compares signatures with crypto.timingSafeEqual only', () => {
+    const signature = source('signature.ts');
+    expect(signature).toMatch(/import \{[^}]*\btimingSafeEqual\b[^}]*\} from 'node:crypto'/);
+    expect(signature).toMatch(/function safeEqual\([^)]*\): boolean \{[^}]*timingSafeEqual\(/);
+    for (const fn of ['verifySignature', 'verifyMsgSignature']) {
+      const body = signature.slice(signature.indexOf(`export function ${fn}(`)).split('\n}\n')[0]!;
+      expect(body, fn).toMatch(/return safeEqual\(sha1Signature\(/);
+      expect(body, fn).not.toMatch(/[!=]==?/);
+    }
+    // `msgSignature === undefined` is a presence check, not a comparison.
+    expect(source('server.ts')).not.toMatch(/[Ss]ignature\s*[!=]==?(?!=)(?!\s*undefined\b)|[!=]==?\s*\w*[Ss]ignature/);
   });
 });

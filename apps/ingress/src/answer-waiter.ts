@@ -1,9 +1,11 @@
 import { throttledErrorLog, type DeliveryStore, type Logger, type RedisClient, type SettleResult } from '@wxdify/core';
+import { WaitClock, type ClockEntry } from './wait-clock.js';
 
-/** Re-checks Redis this often while waiting, in case a wake-up was missed (pub/sub is at-most-once). */
+/** Re-checks Redis this often while something waits, in case a wake-up was missed (pub/sub is at-most-once). */
 const SAFETY_POLL_MS = 1000;
 
 export interface TakeOptions {
+  /** WeChat dropped the request: the wait ends at once and nothing more is settled (nobody would receive it). */
   signal?: AbortSignal | undefined;
   /** `take`: a WeChat attempt (done once the state leaves "open"); `fetch`: the follower's `1` (done once it left "wait"). */
   mode?: 'take' | 'fetch';
@@ -14,26 +16,38 @@ export interface TakeOptions {
 }
 
 /**
- * Waits for answers across every request of this process with one subscriber connection: the
- * worker publishes a job id the moment it stores its answer (FINISH_LUA), and a map of job id →
- * wake-up callbacks turns that into an immediate settle. Each wait settles through Redis, so an
- * answer stored before the wait began is seen at once, and one stored between the check and the
- * sleep still wakes it.
+ * Waits for answers across every request of this process with one subscriber connection and one
+ * timer (WaitClock): the worker publishes a job id the moment it stores its answer (FINISH_LUA),
+ * and a map of job id → waits turns that into an immediate settle. Each wait settles through
+ * Redis, so an answer stored before the wait began is seen at once, and one stored between the
+ * check and the sleep still wakes it.
  */
 export class AnswerWaiter {
   readonly #subscriber: RedisClient;
   readonly #store: DeliveryStore;
-  readonly #wakers = new Map<string, Set<() => void>>();
+  readonly #waits = new Map<string, Set<ClockEntry>>();
+  readonly #clock: WaitClock;
   readonly #subscribed: Promise<unknown>;
 
-  constructor(opts: { subscriber: RedisClient; store: DeliveryStore; logger: Logger }) {
+  /** `pollMs` only for tests: how often every wait re-checks Redis without a wake-up. */
+  constructor(opts: { subscriber: RedisClient; store: DeliveryStore; logger: Logger; pollMs?: number }) {
     this.#store = opts.store;
     this.#subscriber = opts.subscriber;
+    this.#clock = new WaitClock(opts.pollMs ?? SAFETY_POLL_MS);
     this.#subscriber.on('message', (_channel: string, jobId: string) => {
-      for (const wake of this.#wakers.get(jobId) ?? []) wake();
+      for (const wait of this.#waits.get(jobId) ?? []) wait.wake();
     });
-    // ioredis subscribes again by itself after a reconnect; the safety poll covers the gap.
-    this.#subscribed = this.#subscriber.subscribe(opts.store.answersChannel).catch(throttledErrorLog(opts.logger, 'subscribe failed'));
+    const onError = throttledErrorLog(opts.logger, 'subscribe failed');
+    // Publishes sent while the subscriber was away are lost: once it is subscribed again (ioredis
+    // emits 'ready' before it resubscribes, so subscribe here and wait for Redis to confirm),
+    // every wait re-checks at once instead of at the next safety poll.
+    const subscribe = () => this.#subscriber.subscribe(opts.store.answersChannel).then(() => this.#clock.wakeAll(), onError);
+    this.#subscribed = subscribe();
+    let connected = this.#subscriber.status === 'ready';
+    this.#subscriber.on('ready', () => {
+      if (connected) void subscribe();
+      connected = true;
+    });
   }
 
   /** Resolves once the subscription is in place. */
@@ -41,52 +55,66 @@ export class AnswerWaiter {
     await this.#subscribed;
   }
 
+  /** How many requests wait right now. */
+  get waiting(): number {
+    return this.#clock.size;
+  }
+
   /**
    * Takes the answer of `jobId` as soon as it exists, or returns the last state seen at `deadline`
-   * (ms since epoch). Never waits past the deadline; `signal` ends the wait early.
+   * (ms since epoch). Never waits past the deadline; `signal` ends the wait at once, without a further check.
    */
   async take(jobId: string, deadline: number, opts: TakeOptions = {}): Promise<SettleResult> {
     const mode = opts.mode ?? 'take';
+    const { signal } = opts;
     let woken = false;
-    let wakeUp: (() => void) | undefined;
-    const waker = () => {
-      woken = true;
-      wakeUp?.();
+    let resume: (() => void) | undefined;
+    const wait: ClockEntry = {
+      deadline,
+      wake: () => {
+        woken = true;
+        resume?.();
+      },
     };
-    const set = this.#wakers.get(jobId) ?? new Set();
-    set.add(waker);
-    this.#wakers.set(jobId, set);
+    this.#register(jobId, wait);
+    signal?.addEventListener('abort', wait.wake, { once: true });
     try {
       await opts.onRegistered?.();
       let result: SettleResult = { state: '', answer: undefined, won: false };
       for (let check = !opts.fresh; ; check = true) {
+        // WeChat hung up: an answer taken now would reach nobody; the caller hands it over instead.
+        if (signal?.aborted) return result;
         if (check) {
           woken = false;
           result = await this.#store.settle(jobId, mode);
           if (result.state !== '' && (mode === 'take' || result.state !== 'wait')) return result;
         }
-        const remaining = deadline - Date.now();
-        if (remaining <= 0 || opts.signal?.aborted) return result;
-        if (woken) continue;
-        await new Promise<void>((resolve) => {
-          const timer = setTimeout(done, Math.min(remaining, SAFETY_POLL_MS));
-          function done() {
-            clearTimeout(timer);
-            opts.signal?.removeEventListener('abort', done);
-            wakeUp = undefined;
-            resolve();
-          }
-          wakeUp = done;
-          opts.signal?.addEventListener('abort', done, { once: true });
-        });
+        if (signal?.aborted || deadline <= Date.now()) return result;
+        // A wake-up during the check set `woken`: check again rather than sleep.
+        if (!woken) await new Promise<void>((resolve) => (resume = resolve));
+        resume = undefined;
       }
     } finally {
-      set.delete(waker);
-      if (set.size === 0) this.#wakers.delete(jobId);
+      signal?.removeEventListener('abort', wait.wake);
+      this.#unregister(jobId, wait);
     }
   }
 
   async close(): Promise<void> {
     await this.#subscriber.quit().catch(() => this.#subscriber.disconnect());
+  }
+
+  #register(jobId: string, wait: ClockEntry): void {
+    const set = this.#waits.get(jobId) ?? new Set();
+    set.add(wait);
+    this.#waits.set(jobId, set);
+    this.#clock.add(wait);
+  }
+
+  #unregister(jobId: string, wait: ClockEntry): void {
+    this.#clock.delete(wait);
+    const set = this.#waits.get(jobId);
+    set?.delete(wait);
+    if (set?.size === 0) this.#waits.delete(jobId);
   }
 }

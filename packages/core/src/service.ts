@@ -12,7 +12,8 @@ export async function runService(
   start: (config: Config, logger: Logger) => Promise<() => Promise<void>>,
   stopDeadlineMs: (config: Config) => number,
 ): Promise<void> {
-  const logger = createLogger({ level: process.env.LOG_LEVEL || 'info', name });
+  // At `info` until LOG_LEVEL is validated with the rest: a bad level must be named like any bad field, not crash pino.
+  const logger = createLogger({ level: 'info', name });
   let config: Config;
   try {
     config = loadConfig(process.env);
@@ -21,6 +22,7 @@ export async function runService(
     logger.fatal(err.message);
     process.exit(1);
   }
+  logger.level = config.logLevel;
   process.on('unhandledRejection', (err) => logger.error({ err }, 'unhandled rejection'));
   const stop = await start(config, logger);
   const shutdown = async (signal: string) => {

@@ -4,6 +4,7 @@ import {
   RequestRejectedError,
   buildImageReplyXml,
   buildTextReplyXml,
+  checkSignature,
   decodeRequest,
   encodeReply,
   verifyEcho,
@@ -38,8 +39,8 @@ export function createWeChatRouter(deps: ReplyFlowDeps & { metrics: Metrics }): 
   const receive = async (ctx: Context) => {
     const arrivedAt = Date.now();
     const acct = account(ctx);
-    const body = await readBody(ctx);
     const query = ctx.query as Query;
+    const body = await readBody(ctx, () => checkSignature(acct, query));
     const { message, encrypted } = decodeRequest(acct, query, body);
     const log = (ctx.state.log as Logger).child({ account: acct.id, msgId: message.msgId, msgType: message.msgType });
     // WeChat hung up (cut at 5 s, or gone): stop waiting. Only then: an abort costs an exception.
@@ -70,10 +71,18 @@ function observe(metrics: Metrics, account: string, message: InboundMessage, out
   if (outcome.firstAt) metrics.answerLatency.observe({ path }, (Date.now() - outcome.firstAt) / 1000);
 }
 
-async function readBody(ctx: Context): Promise<string> {
+/** Reads the body of a request that passed the size check by Content-Length, then `verify`; a refused body is never read. */
+async function readBody(ctx: Context, verify: () => void): Promise<string> {
   const length = ctx.request.length;
-  if (length !== undefined && length > BODY_LIMIT) {
-    throw new RequestRejectedError('body_too_large', 413, 'body over 1 MiB');
+  try {
+    if (length !== undefined && length > BODY_LIMIT) {
+      throw new RequestRejectedError('body_too_large', 413, 'body over 1 MiB');
+    }
+    verify();
+  } catch (err) {
+    // Node would read the unread body to the end (and discard it) to keep the connection alive: close it instead.
+    ctx.set('Connection', 'close');
+    throw err;
   }
   try {
     return await getRawBody(ctx.req, { length, limit: BODY_LIMIT, encoding: 'utf8' });

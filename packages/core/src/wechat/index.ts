@@ -20,6 +20,6 @@ export type {
 } from './message.js';
 export { cdata, buildTextReplyXml, buildImageReplyXml, buildEncryptedReplyXml } from './reply.js';
 export type { ReplyAddress } from './reply.js';
-export { verifyEcho, decodeRequest, encodeReply } from './server.js';
+export { verifyEcho, checkSignature, decodeRequest, encodeReply } from './server.js';
 export type { WeChatAccountKeys, CallbackQuery, DecodedRequest } from './server.js';
 export { WeChatSimulator, type CallbackMode, type SimulatorOptions, type AttemptResult, type DeliveryResult } from './simulator.js';

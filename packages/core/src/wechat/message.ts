@@ -66,21 +66,30 @@ export type InboundMessage =
   | UnknownMessage;
 
 /**
+ * OpenIDs and original ids (`gh_…`) are letters, digits, `_` and `-`. The ids go into BullMQ job ids and Redis keys,
+ * where anything else (BullMQ refuses `:` in a job id) would fail only after the attempt was recorded.
+ */
+const WECHAT_ID = /^[A-Za-z0-9_-]{1,128}$/;
+/** MsgId (beyond 2^53, hence a string) and CreateTime are decimal integers. */
+const DIGITS = /^[0-9]{1,32}$/;
+
+/**
  * Types the flat fields of a callback body; throws `RequestRejectedError('bad_request', 400)` when a required one is
- * absent or empty. Only the fields the service relies on are required (ids, Content, Event); other documented fields
- * read as '' when missing rather than refusing a message we could still answer.
+ * absent, empty or not of WeChat's form (ids, MsgId, CreateTime). Only the fields the service relies on are required
+ * (ids, Content, Event); other documented fields read as '' when missing rather than refusing a message we could
+ * still answer.
  */
 export function parseInboundMessage(fields: Record<string, string>): InboundMessage {
   const msgType = need(fields, 'MsgType');
   const common: Common = {
-    toUserName: need(fields, 'ToUserName'),
-    fromUserName: need(fields, 'FromUserName'),
-    createTime: need(fields, 'CreateTime'),
+    toUserName: need(fields, 'ToUserName', WECHAT_ID),
+    fromUserName: need(fields, 'FromUserName', WECHAT_ID),
+    createTime: need(fields, 'CreateTime', DIGITS),
     msgType,
     raw: fields,
   };
   if (msgType === 'event') return parseEvent(fields, common);
-  const base = { ...common, msgId: need(fields, 'MsgId') };
+  const base = { ...common, msgId: need(fields, 'MsgId', DIGITS) };
   const get = (name: string): string => fields[name] ?? '';
   switch (msgType) {
     case 'text':
@@ -123,9 +132,11 @@ function parseEvent(fields: Record<string, string>, common: Common): EventMessag
   };
 }
 
-function need(fields: Record<string, string>, name: string): string {
+function need(fields: Record<string, string>, name: string, form?: RegExp): string {
   const value = fields[name];
   if (value === undefined || value === '') throw new RequestRejectedError('bad_request', 400, `missing field ${name}`);
+  // The value is the sender's, not ours to log: the name says enough.
+  if (form && !form.test(value)) throw new RequestRejectedError('bad_request', 400, `invalid field ${name}`);
   return value;
 }
 
