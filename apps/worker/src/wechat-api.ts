@@ -186,9 +186,9 @@ export class WeChatApi {
   }
 
   /**
-   * The account's access token from Redis, fetched by exactly one process when missing: the lock's
-   * owner is random (two clients of one process are two owners) and only the owner releases it.
-   * Waiters poll for as long as the lock can live, then take it over themselves.
+   * The account's access token from Redis, fetched by exactly one process when missing: each call
+   * locks with its own random owner (a pid would be shared by every client of one process) and only
+   * that owner releases the lock. Waiters poll for as long as the lock can live, then take it over.
    */
   async accessToken(): Promise<string> {
     const owner = randomUUID();
