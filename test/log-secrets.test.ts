@@ -1,9 +1,39 @@
 import { Writable } from 'node:stream';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Redis } from 'ioredis';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { createLogger, loadConfig } from '../packages/core/src/index.js';
 import { startFakeDify, type FakeDify } from './fakes/fake-dify.js';
 import { FakeWeChat } from './fakes/fake-wechat.js';
 import { AES_KEY, startStack, testEnv, TOKEN, type Stack } from './helpers/stack.js';
 import { eventually, nextMsgId, slowQuery } from './helpers/wechat-timing.js';
+
+/** A pino destination that keeps every line. */
+function lineSink(): { sink: Writable; lines: string[] } {
+  const lines: string[] = [];
+  const sink = new Writable({
+    write(chunk, _enc, done) {
+      lines.push(...String(chunk).split('\n').filter(Boolean));
+      done();
+    },
+  });
+  return { sink, lines };
+}
+
+/** Every value stored under `prefix` (BullMQ's job hashes with their failedReason and stacktrace included), except the keys `skip` matches. */
+async function dumpRedis(redis: Redis, prefix: string, skip: RegExp): Promise<string[]> {
+  const out: string[] = [];
+  for (const key of await redis.keys(`${prefix}:*`)) {
+    if (skip.test(key)) continue;
+    const type = await redis.type(key);
+    if (type === 'hash') out.push(...Object.entries(await redis.hgetall(key)).map(([f, v]) => `${key} ${f}=${v}`));
+    else if (type === 'string') out.push(`${key} ${await redis.get(key)}`);
+    else if (type === 'list') out.push(`${key} ${(await redis.lrange(key, 0, -1)).join(' ')}`);
+    else if (type === 'zset') out.push(`${key} ${(await redis.zrange(key, 0, -1)).join(' ')}`);
+    else if (type === 'set') out.push(`${key} ${(await redis.smembers(key)).join(' ')}`);
+    else if (type === 'stream') out.push(`${key} ${JSON.stringify(await redis.xrange(key, '-', '+'))}`);
+  }
+  return out;
+}
 
 // Everything the service logs at its most verbose level, across the paths that touch secrets:
 // signature checks, AES, Dify calls that fail, access tokens fetched and rejected, pushes.
@@ -61,5 +91,107 @@ describe('logs', () => {
     // The logs still say what happened, with the ids an operator needs.
     expect(lines.some((l) => l.includes('"reqId"') && l.includes('"msgId"'))).toBe(true);
     expect(lines.some((l) => l.includes('"jobId"') && l.includes('"account"'))).toBe(true);
+  });
+});
+
+describe('logs and Redis when the WeChat API fails (plain token mode)', () => {
+  let dify: FakeDify;
+  let wechat: FakeWeChat;
+  let stack: Stack;
+  let redis: Redis;
+  const { sink, lines } = lineSink();
+  const APP_SECRET = 'plain-app-secret-never-logged';
+  const SEND = '/cgi-bin/message/custom/send';
+
+  beforeAll(async () => {
+    dify = await startFakeDify({ mode: 'chat', apiKey: 'app-dify-key-plain-never-logged', pingIntervalMs: 200 });
+    wechat = await new FakeWeChat().start();
+    redis = new Redis(inject('redisUrl'));
+    stack = await startStack(
+      testEnv({
+        dify,
+        wechatUrl: wechat.url,
+        overrides: {
+          LOG_LEVEL: 'trace', ENABLE_CUSTOM_MESSAGE: 'true', WECHAT_ACCESS_TOKEN_MODE: 'plain', WECHAT_APP_SECRET: APP_SECRET,
+          WECHAT_TIMEOUT_MS: '1000', REPLY_MARGIN_MS: '100',
+        },
+      }),
+      { logDestination: sink },
+    );
+  });
+  afterAll(async () => {
+    await stack.close();
+    await Promise.all([dify.close(), wechat.close(), redis.quit()]);
+  });
+
+  it('neither a log line nor a failed job in Redis holds the access token, the AppSecret or the Dify key when calls get HTTP 502 or lose the connection', async () => {
+    // The first token request answers 502, a push to each follower fails once, a voice download gets 404.
+    const failed = new Set<string>();
+    const once = (what: string) => !failed.has(what) && failed.add(what);
+    wechat.failHttpWhen((c) => {
+      if (c.path === '/cgi-bin/token' && once('token')) return 502;
+      if (c.path === SEND && c.body.touser === 'o_http_502' && once('502')) return 502;
+      if (c.path === SEND && c.body.touser === 'o_http_drop' && once('drop')) return 'drop';
+      if (c.path === '/cgi-bin/media/get') return 404;
+      return undefined;
+    });
+    const sim = stack.simulator('plain');
+    const late = (openId: string) => sim.deliver(sim.messageXml(openId, { MsgType: 'text', Content: slowQuery(openId, 2900), MsgId: nextMsgId() }), 1000);
+    const voice = sim.deliver(sim.messageXml('o_http_voice', { MsgType: 'voice', MediaId: 'voice-gone', Format: 'amr', MsgId: nextMsgId() }), 1000);
+    await Promise.all([late('o_http_502'), late('o_http_drop'), voice]);
+    // BullMQ retries each push after 1 s; each follower gets the answer once.
+    await eventually(() => wechat.textsTo('o_http_502').length === 1 && wechat.textsTo('o_http_drop').length === 1, 10_000);
+    expect(wechat.calls.map((c) => c.answer)).toEqual(expect.arrayContaining([502, 'dropped']));
+
+    const tokens = wechat.calls.map((c) => c.query.access_token).filter((t): t is string => Boolean(t));
+    expect(tokens.length).toBeGreaterThan(0);
+    const secrets = [APP_SECRET, dify.apiKey, ...tokens];
+    const stored = await dumpRedis(redis, stack.config.queuePrefix, /:token:/);
+    const all = lines.join('\n');
+    for (const secret of secrets) {
+      expect(all.includes(secret), `a log line contains ${secret.slice(0, 6)}…`).toBe(false);
+      expect(stored.filter((l) => l.includes(secret)), `Redis holds ${secret.slice(0, 6)}…`).toEqual([]);
+    }
+    // What failed is still said: method and path, status or network error code.
+    const failedReasons = stored.filter((l) => / failedReason=./.test(l)).join('\n');
+    expect(failedReasons).toMatch(/POST \/cgi-bin\/message\/custom\/send: HTTP 502/);
+    expect(failedReasons).toMatch(/POST \/cgi-bin\/message\/custom\/send: E[A-Z]+/);
+    expect(all).toMatch(/GET \/cgi-bin\/token: HTTP 502/);
+    expect(all).toMatch(/job failed/);
+    expect(lines.find((l) => l.includes('voice could not be transcribed'))).toMatch(/GET \/cgi-bin\/media\/get: HTTP 404/);
+  });
+
+  it('logs no signed file URL when an answer image cannot be fetched', async () => {
+    const signature = 'file-signature-never-logged';
+    const missing = `${new URL(dify.baseUrl).origin}/files/tools/gone.png?timestamp=1&nonce=2&sign=${signature}`;
+    dify.enqueue({ name: 'normal', answer: `a picture ![gone](${missing})` });
+    const sim = stack.simulator('plain');
+    await sim.deliver(sim.messageXml('o_image_gone', { MsgType: 'text', Content: 'picture please', MsgId: nextMsgId() }), 1000);
+    await eventually(() => lines.some((l) => l.includes('answer image could not be fetched')), 5000);
+    expect(lines.filter((l) => l.includes(signature))).toEqual([]);
+    const line = lines.find((l) => l.includes('answer image could not be fetched'))!;
+    expect(JSON.parse(line)).toMatchObject({ status: 404 });
+  });
+});
+
+describe('the redact list', () => {
+  it('hides every secret of an account logged on its own or as a list, at any level', () => {
+    const config = loadConfig({
+      REDIS_URL: 'redis://127.0.0.1:1', WECHAT_APP_ID: 'wxredact', WECHAT_TOKEN: 'redacttoken1', WECHAT_ENCODING_AES_KEY: AES_KEY,
+      WECHAT_APP_SECRET: 'redact-app-secret', DIFY_API_KEY: 'redact-dify-key', DIFY_API_BASE_URL: 'http://127.0.0.1:9/v1',
+    });
+    const account = config.accounts.get('default')!;
+    const { sink, lines } = lineSink();
+    const log = createLogger({ level: 'trace', destination: sink });
+    log.trace({ account }, 'one account');
+    log.trace({ accounts: [...config.accounts.values()] }, 'accounts');
+    log.trace({ config }, 'config');
+    log.trace({ difyApiKey: account.difyApiKey, secret: account.appSecret }, 'fields');
+    log.flush();
+    expect(lines).toHaveLength(4);
+    for (const secret of ['redacttoken1', AES_KEY, 'redact-app-secret', 'redact-dify-key']) {
+      expect(lines.filter((l) => l.includes(secret)), secret).toEqual([]);
+    }
+    expect(lines[0]).toContain('"wxredact"'); // the rest of the account is still there
   });
 });

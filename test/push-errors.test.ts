@@ -1,4 +1,5 @@
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { startWorker } from '../apps/worker/src/index.js';
 import { startFakeDify, type FakeDify } from './fakes/fake-dify.js';
 import { FakeWeChat } from './fakes/fake-wechat.js';
 import { startStack, testEnv, type Stack } from './helpers/stack.js';
@@ -101,8 +102,23 @@ describe('customer-service pushes and WeChat errcodes', () => {
     expect(typing[1]!.at).toBeLessThan(wechat.pushed.find((m) => m.touser === openId)!.at);
   });
 
+  it('withdraws "typing…" when the answer goes out passively after it was shown, and never shows it for a fast answer', async () => {
+    const sim = stack.simulator('plain');
+    const ask = (openId: string, text: string, delayMs: number) =>
+      sim.deliver(sim.messageXml(openId, { MsgType: 'text', Content: slowQuery(text, delayMs), MsgId: nextMsgId() }), WINDOW);
+    // Typing starts at 1.5 s; this answer is ready at 2.3 s, for WeChat's third attempt.
+    const slow = await ask('o_typing_passive', 'a bit slow', 2300);
+    expect(slow.accepted?.reply?.Content).toBe('Echo: a bit slow');
+    await eventually(() => typingOf('o_typing_passive').length === 2, 3000);
+    expect(typingOf('o_typing_passive')).toEqual(['Typing', 'CancelTyping']);
+    const fast = await ask('o_typing_fast', 'quick', 200);
+    expect(fast.accepted?.reply?.Content).toBe('Echo: quick');
+    await new Promise((r) => setTimeout(r, 1800));
+    expect(typingOf('o_typing_fast')).toEqual([]);
+  });
+
   // Last: it switches the account to the waiting mode for the rest of this file.
-  it('48001 (no customer-service permission): logged once, reported in metrics, and the account switches to the waiting mode', async () => {
+  it('48001 (no customer-service permission): logged once, reported in metrics by every worker, and the account switches to the waiting mode', async () => {
     const openId = 'o_no_permission';
     wechat.failWhen((c) => (c.path === SEND ? 48001 : undefined));
     const first = await late(openId, 'no permission');
@@ -117,8 +133,16 @@ describe('customer-service pushes and WeChat errcodes', () => {
     const metrics = await (await fetch(`${stack.workers[0]!.url}/metrics`)).text();
     expect(metrics).toMatch(/wxdify_custom_service_blocked\{account="default",component="worker"\} 1/);
     expect(metrics).toMatch(/wxdify_wechat_api_errors_total\{errcode="48001",component="worker"\} [1-9]/);
-    // That answer is left for `1`, so no message ends "typing…": it is withdrawn explicitly.
-    await eventually(() => typingOf('o_no_permission_2').length === 2, 3000);
-    expect(typingOf('o_no_permission_2')).toEqual(['Typing', 'CancelTyping']);
+    // A worker that never met the 48001 (another replica, or this one restarted) reports it too: the switch is in Redis.
+    const fresh = await startWorker(stack.config, stack.logger, { port: 0, host: '127.0.0.1' });
+    try {
+      const freshMetrics = await (await fetch(`${fresh.url}/metrics`)).text();
+      expect(freshMetrics).toMatch(/wxdify_custom_service_blocked\{account="default",component="worker"\} 1/);
+    } finally {
+      await fresh.close(1000);
+    }
+    // While WeChat refuses the account, "typing…" is not even tried (the call would fail too), though this answer took 2.9 s.
+    expect((await one('o_no_permission_2')).reply?.Content).toBe('Echo: waiting now');
+    expect(typingOf('o_no_permission_2')).toEqual([]);
   });
 });

@@ -2,13 +2,15 @@ import { execFile } from 'node:child_process';
 import { rmSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
-import { Redis } from 'ioredis';
+import { Cluster, Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ConfigError, loadConfig } from '../packages/core/src/index.js';
 import { startFakeDify, type FakeDify } from './fakes/fake-dify.js';
+import { FakeWeChat } from './fakes/fake-wechat.js';
 import { simulatorFor, startProcess, waitForReady, type ServiceProcess } from './helpers/processes.js';
 import { freePort, startRedisServer, type RedisServer } from './helpers/redis-server.js';
-import { testEnv } from './helpers/stack.js';
+import { APP_ID, testEnv } from './helpers/stack.js';
+import { eventually } from './helpers/wechat-timing.js';
 
 // The whole service on a real three-node Redis Cluster (redis-server --cluster-enabled yes, joined
 // with redis-cli --cluster create): with a hash tag in QUEUE_PREFIX every key shares one slot, so
@@ -22,6 +24,7 @@ const WINDOW_MS = 2000;
 
 describe('on a three-node Redis Cluster', () => {
   let dify: FakeDify;
+  let wechat: FakeWeChat;
   let nodes: RedisServer[] = [];
   let seedUrl: string;
   const procs: ServiceProcess[] = [];
@@ -33,6 +36,7 @@ describe('on a three-node Redis Cluster', () => {
 
   beforeAll(async () => {
     dify = await startFakeDify({ mode: 'chat', answer: (q) => `Echo: ${q}` });
+    wechat = await new FakeWeChat().start();
     nodes = await startCluster(3);
     // Seeded with a node that does not hold {wxdify}'s slot: the clients must follow the cluster's map.
     seedUrl = `redis+cluster://127.0.0.1:${nodes[1]!.port}`;
@@ -42,6 +46,7 @@ describe('on a three-node Redis Cluster', () => {
     await Promise.all(nodes.filter((n) => n.process.signalCode === null).map((n) => n.stop()));
     for (const n of nodes) rmSync(n.dir, { recursive: true, force: true }); // restarted nodes keep theirs
     await dify?.close();
+    await wechat?.close();
   });
 
   it('refuses to start when QUEUE_PREFIX has no hash tag, naming QUEUE_PREFIX', async () => {
@@ -105,6 +110,42 @@ describe('on a three-node Redis Cluster', () => {
     for (const proc of [ingress, worker]) {
       expect(proc.child.exitCode).toBeNull();
       expect(proc.logs.filter((l) => /CROSSSLOT|MOVED|uncaught|unhandled/i.test(l))).toEqual([]);
+    }
+  });
+
+  it('pushes a late answer in customer-service mode: access token, token lock, push queue and push lock on the cluster', async () => {
+    // Its own prefix in the same slot, so the waiting-mode processes above do not take its jobs.
+    const prefix = `${PREFIX}:cs`;
+    const csEnv = env({ QUEUE_PREFIX: prefix, ENABLE_CUSTOM_MESSAGE: 'true', WECHAT_API_BASE_URL: wechat.url, LANGUAGE: 'en_US' });
+    const ingress = await startProcess('ingress', csEnv);
+    const worker = await startProcess('worker', csEnv);
+    procs.push(ingress, worker);
+    await Promise.all([waitForReady(ingress.url, 200), waitForReady(worker.url, 200)]);
+    const sim = simulatorFor(ingress);
+
+    const openId = 'o_cluster_push';
+    const tokensBefore = wechat.tokenRequests;
+    const late = await sim.deliver(sim.messageXml(openId, { MsgType: 'text', Content: '[[scenario:normal+delay=6500]] pushed one', MsgId: nextMsgId() }), WINDOW_MS);
+    expect(late.accepted?.reply?.Content).toMatch(/taking a while/i);
+    await eventually(() => wechat.textsTo(openId).length === 1, 8000);
+    expect(wechat.textsTo(openId)).toEqual(['Echo: pushed one']);
+    // One token, fetched under the lock, stored on the cluster and used for the typing call and the push.
+    expect(wechat.tokenRequests - tokensBefore).toBe(1);
+    const used = wechat.calls.filter((c) => c.body.touser === openId).map((c) => [c.path, c.query.access_token]);
+    expect(used.map(([path]) => path)).toEqual(['/cgi-bin/message/custom/typing', '/cgi-bin/message/custom/send']);
+    const cluster = new Cluster([{ host: '127.0.0.1', port: nodes[1]!.port }]);
+    try {
+      expect(await cluster.get(`${prefix}:token:${APP_ID}`)).toBe(used[1]![1]);
+      expect(used[0]![1]).toBe(used[1]![1]);
+      expect(await cluster.zcard(`${prefix}:push:completed`)).toBe(1);
+      // Both locks were released by their owners.
+      expect(await cluster.exists(`${prefix}:token-lock:${APP_ID}`, `${prefix}:push-lock:default:${openId}`)).toBe(0);
+    } finally {
+      cluster.disconnect();
+    }
+    for (const proc of [ingress, worker]) {
+      expect(proc.child.exitCode).toBeNull();
+      expect(proc.logs.filter((l) => /CROSSSLOT|MOVED|uncaught|unhandled|job failed/i.test(l))).toEqual([]);
     }
   });
 

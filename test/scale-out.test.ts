@@ -8,6 +8,7 @@ import { eventually, nextMsgId, slowQuery } from './helpers/wechat-timing.js';
 // Two ingress and two worker processes (the production entry points) on one Redis, WeChat's
 // window shrunk to 1 s, customer-service mode on.
 const WINDOW = 1000;
+const SEND = '/cgi-bin/message/custom/send';
 
 describe('replicas on one Redis', () => {
   let dify: FakeDify;
@@ -71,20 +72,33 @@ describe('replicas on one Redis', () => {
     for (const w of workers) expect(w.logs.filter((l) => l.includes('"answer ready"')).length).toBeGreaterThan(0);
   });
 
-  it('survives an access token invalidated mid-run: expired once (compare-and-expire), fetched again, the call retried', async () => {
+  it('survives an access token invalidated mid-run: the push that meets it is retried once with one new token, and no job fails', async () => {
     const tokensBefore = wechat.tokenRequests;
-    wechat.invalidateTokens();
+    const logsBefore = workers.map((w) => w.logs.length);
+    // The token dies when the first push arrives, after every typing call (at 1.5 s) went through
+    // with it: a push, not a typing call, is what meets the 40001.
+    wechat.invalidateTokensAt((c) => c.path === SEND);
     const openIds = Array.from({ length: 6 }, (_, i) => `o_token_${i}`);
     await Promise.all(
       openIds.map((openId, i) => {
         const sim = simFor(ingresses[i % 2]!);
-        return sim.deliver(sim.messageXml(openId, { MsgType: 'text', Content: slowQuery(`token ${i}`, 3000), MsgId: nextMsgId() }), WINDOW);
+        // Answers 300 ms apart, after WeChat's last attempt: one push at a time.
+        return sim.deliver(sim.messageXml(openId, { MsgType: 'text', Content: slowQuery(`token ${i}`, 3200 + 300 * i), MsgId: nextMsgId() }), WINDOW);
       }),
     );
     await eventually(() => openIds.every((id) => wechat.textsTo(id).length === 1), 15_000);
     openIds.forEach((id, i) => expect(wechat.textsTo(id)).toEqual([`Echo: token ${i}`]));
-    // Six pushes hit 40001 with the same stale token; only one new token was fetched.
+    const ours = wechat.calls.filter((c) => openIds.includes(String(c.body.touser)));
+    const typing = ours.filter((c) => c.path.endsWith('/custom/typing'));
+    expect(typing.length).toBeGreaterThan(0);
+    expect(typing.map((c) => c.answer)).toEqual(typing.map(() => 0));
+    // The first push met 40001 once, was retried with a new token, and succeeded; the others never met it.
+    const sends = ours.filter((c) => c.path === SEND);
+    expect(sends.map((c) => c.answer)).toEqual([40001, ...openIds.map(() => 0)]);
+    expect(sends[1]!.body.touser).toBe(sends[0]!.body.touser);
+    expect(sends[1]!.query.access_token).not.toBe(sends[0]!.query.access_token);
     expect(wechat.tokenRequests - tokensBefore).toBe(1);
+    workers.forEach((w, i) => expect(w.logs.slice(logsBefore[i]).filter((l) => l.includes('"job failed"'))).toEqual([]));
   });
 
   it('an ingress killed mid-wait leaves nothing behind: the next attempt, on the other replica, picks up', async () => {

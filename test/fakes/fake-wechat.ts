@@ -7,6 +7,18 @@ export interface WeChatCall {
   query: Record<string, string>;
   body: Record<string, unknown>;
   at: number;
+  /** The errcode answered (0 for success), or the HTTP status / 'dropped' of a scripted transport failure. */
+  answer?: number | 'dropped';
+}
+
+/** Calls held back by `hold`: they are answered (as they would have been) once released. */
+export interface Hold {
+  /** How many calls were held so far, released ones included. */
+  readonly count: number;
+  /** Lets the oldest held call go on. */
+  releaseOne(): void;
+  /** Lets every held call go on and stops holding. */
+  release(): void;
 }
 
 /** A customer-service message as the follower would see it. */
@@ -49,8 +61,10 @@ const MEDIA_LIMITS: Record<string, { maxBytes: number; extensions: string[]; siz
  * A local stand-in for api.weixin.qq.com: stable_token, customer-service send and typing, and
  * temporary media (media/upload records what it got; media/get serves what a test added with
  * `addMedia` or what was uploaded, and answers an unknown id with errcode 40007 in a text/plain
- * JSON body, as WeChat does; an image push naming media it never had is 40007 too), with WeChat's errcodes. Tokens are real random strings; invalidating
- * one makes calls with it fail with 40001 as WeChat does. `failNext(path, errcode)` scripts errors.
+ * JSON body, as WeChat does; an image push naming media it never had is 40007 too), with WeChat's
+ * errcodes. Tokens are real random strings; invalidating one makes calls with it fail with 40001
+ * as WeChat does. `failNext(path, errcode)` scripts errors, `failHttpWhen` transport failures (an
+ * HTTP status, or a dropped connection), `hold` holds calls back until the test releases them.
  */
 export class FakeWeChat {
   readonly calls: WeChatCall[] = [];
@@ -63,6 +77,9 @@ export class FakeWeChat {
   tokenRequests = 0;
   #validTokens = new Set<string>();
   #failures: { path: string; errcode: number }[] = [];
+  #holds: { rule: (call: WeChatCall) => boolean; waiting: (() => void)[]; count: number; done: boolean }[] = [];
+  #invalidateAt: ((call: WeChatCall) => boolean) | undefined;
+  #httpRule: ((call: WeChatCall) => number | 'drop' | undefined) | undefined;
   #server: Server;
   url = '';
   /** Called for each customer-service message before it is accepted. */
@@ -86,6 +103,33 @@ export class FakeWeChat {
   /** Makes every token issued so far invalid (as when another party refreshed it with force_refresh). */
   invalidateTokens(): void {
     this.#validTokens.clear();
+  }
+
+  /** Invalidates every token issued so far when the first call matching `rule` arrives, before answering it. */
+  invalidateTokensAt(rule: (call: WeChatCall) => boolean): void {
+    this.#invalidateAt = rule;
+  }
+
+  /** Holds back every call `rule` matches until the returned Hold releases it. */
+  hold(rule: (call: WeChatCall) => boolean): Hold {
+    const hold = { rule, waiting: [] as (() => void)[], count: 0, done: false };
+    this.#holds.push(hold);
+    return {
+      get count() {
+        return hold.count;
+      },
+      releaseOne: () => hold.waiting.shift()?.(),
+      release: () => {
+        hold.done = true;
+        this.#holds = this.#holds.filter((h) => h !== hold);
+        for (const go of hold.waiting.splice(0)) go();
+      },
+    };
+  }
+
+  /** Answers calls `rule` picks with that HTTP status (empty body), or drops their connection ('drop'). */
+  failHttpWhen(rule: ((call: WeChatCall) => number | 'drop' | undefined) | undefined): void {
+    this.#httpRule = rule;
   }
 
   /** The next call to `path` answers `errcode`. */
@@ -119,7 +163,29 @@ export class FakeWeChat {
     const body = raw ? (JSON.parse(raw) as Record<string, unknown>) : {};
     const call: WeChatCall = { path: url.pathname, query: Object.fromEntries(url.searchParams), body, at: Date.now() };
     this.calls.push(call);
+    const hold = this.#holds.find((h) => !h.done && h.rule(call));
+    if (hold) {
+      hold.count++;
+      await new Promise<void>((resolve) => hold.waiting.push(resolve));
+    }
+    const http = this.#httpRule?.(call);
+    if (http === 'drop') {
+      call.answer = 'dropped';
+      req.socket.destroy();
+      return;
+    }
+    if (http !== undefined) {
+      call.answer = http;
+      res.writeHead(http);
+      res.end();
+      return;
+    }
+    if (this.#invalidateAt?.(call)) {
+      this.#invalidateAt = undefined;
+      this.invalidateTokens();
+    }
     const send = (obj: unknown) => {
+      call.answer = (obj as { errcode?: number }).errcode ?? 0;
       res.writeHead(200, { 'content-type': 'application/json' });
       res.end(JSON.stringify(obj));
     };

@@ -132,7 +132,9 @@ async function deliverImage(wechat: WeChatApi, file: AnswerFile, opts: { difyOri
       opts.log.warn({ image: where, limit: err.limit }, 'answer image over WeChat\'s size limit; sending a link');
       return { link: true };
     }
-    opts.log.warn({ image: where, err: (err as Error).message }, 'answer image could not be fetched; dropped');
+    // Not got's message: it holds the whole URL, with the signature Dify put in its query.
+    const { code, response } = err as { code?: string; response?: { statusCode?: number } };
+    opts.log.warn({ image: where, code, status: response?.statusCode }, 'answer image could not be fetched; dropped');
     return { dropped: true };
   }
   const format = sniffImage(body.bytes);

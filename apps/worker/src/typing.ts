@@ -10,37 +10,44 @@ const REFRESH_MS = 15_000;
 
 /** The typing indicator of one answer; see startTyping. */
 export interface Typing {
-  /** Stops refreshing. `cancel`: also withdraw it now (the answer is not being sent to the follower). */
+  /** Stops refreshing. `cancel`: also withdraw it now (the answer is not pushed to the follower). */
   stop(opts: { cancel: boolean }): void;
 }
 
 /**
  * Shows the typing indicator while Dify works, from `delayMs` on (a fast answer needs none),
- * refreshed every 15 s. When the answer goes out, the message itself ends the indicator, so an
- * explicit CancelTyping is only sent when the answer waits for the follower's `1`. Failures only
+ * refreshed every 15 s, unless `blocked()` says WeChat refuses the account's customer-service
+ * calls (48001: the call would only fail). A pushed answer ends the indicator by itself; an answer
+ * that goes out passively or waits for `1` withdraws it with CancelTyping, if Typing was sent.
+ * Calls go out one after another, so a CancelTyping never overtakes its Typing. Failures only
  * log: the indicator is a courtesy, never a reason to fail or delay the answer.
  */
-export function startTyping(api: WeChatApi, openId: string, log: Logger, delayMs = 1500): Typing {
+export function startTyping(api: WeChatApi, openId: string, log: Logger, opts: { delayMs?: number; blocked?: () => Promise<boolean> } = {}): Typing {
   let shown = false;
   let stopped = false;
+  let queue: Promise<void> = Promise.resolve();
   const send = (on: boolean) =>
     api.typing(openId, on).catch((err) => log.warn({ err: (err as Error).message, on }, 'typing indicator failed'));
+  const isBlocked = () => (opts.blocked ? opts.blocked().catch(() => true) : Promise.resolve(false));
   const show = () => {
-    if (stopped) return;
-    shown = true;
-    void send(true);
+    queue = queue.then(async () => {
+      if (stopped || (await isBlocked())) return;
+      if (stopped) return; // stop() came while Redis answered
+      shown = true;
+      await send(true);
+    });
   };
   let refresh: NodeJS.Timeout | undefined;
   const first = setTimeout(() => {
     show();
     refresh = setInterval(show, REFRESH_MS);
-  }, delayMs);
+  }, opts.delayMs ?? 1500);
   return {
     stop({ cancel }) {
       stopped = true;
       clearTimeout(first);
       clearInterval(refresh);
-      if (shown && cancel) void send(false);
+      if (cancel) queue = queue.then(() => (shown ? send(false) : undefined));
     },
   };
 }

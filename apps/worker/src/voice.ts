@@ -48,7 +48,8 @@ export async function transcribeVoice(
     if (opts.mayRetry && isTransient(err)) {
       throw err instanceof AppError ? err : new AppError('wechat_api', `voice download failed: ${(err as Error).message}`, { retryable: true, cause: err });
     }
-    log.warn({ err, code: (err as AppError).code, status: (err as AppError).status }, 'voice could not be transcribed');
+    // The message only: a logged error object carries its cause and, for an HTTP client error, the request.
+    log.warn({ err: (err as Error).message, code: (err as AppError).code, status: (err as AppError).status }, 'voice could not be transcribed');
     return undefined;
   }
 }

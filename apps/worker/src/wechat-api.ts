@@ -1,5 +1,6 @@
+import { randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
-import got, { type Got } from 'got';
+import got, { HTTPError, ParseError, RequestError, type Got } from 'got';
 import { AppError, defineScript, redisKey, type AccountConfig, type Logger, type Metrics, type RedisClient } from '@wxdify/core';
 import { readCapped } from './read-capped.js';
 
@@ -7,6 +8,15 @@ import { readCapped } from './read-capped.js';
 const TOKEN_INVALID = new Set([40001, 40014, 42001]);
 /** errcode -1: system busy, try again shortly. */
 const SYSTEM_BUSY = -1;
+/** Timeout of the JSON calls, the token request included. */
+const REQUEST_TIMEOUT_MS = 10_000;
+/**
+ * The token lock outlives the token request twice over, so it cannot expire while its owner still
+ * waits for WeChat (a second process would fetch, and in plain mode replace, the token meanwhile);
+ * a process that died holding it only delays the others by this much.
+ */
+const TOKEN_LOCK_MS = 2 * REQUEST_TIMEOUT_MS;
+const TOKEN_LOCK_POLL_MS = 100;
 
 /** A WeChat API call that returned a non-zero errcode; callers branch on `errcode`. */
 export class WeChatApiError extends AppError {
@@ -18,9 +28,10 @@ export class WeChatApiError extends AppError {
   }
 }
 
-// Deletes the cached token only if it is still the one that failed, so a token another process
-// already refreshed is never thrown away (compare-and-expire).
-const EXPIRE_IF_SAME_LUA = `
+// Deletes a key only if it still holds ARGV[1]: the cached token only if it is still the one that
+// failed, so a token another process already refreshed is never thrown away (compare-and-expire),
+// and the token lock only if it is still ours, not the next owner's after it expired.
+const DELETE_IF_SAME_LUA = `
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 `;
@@ -76,17 +87,17 @@ export class WeChatApi {
   readonly #metrics: Metrics | undefined;
   readonly #tokenKey: string;
   readonly #lockKey: string;
-  readonly #expireIfSame;
+  readonly #deleteIfSame;
 
   constructor(opts: { account: AccountConfig; redis: RedisClient; prefix: string; logger: Logger; metrics?: Metrics }) {
     this.#metrics = opts.metrics;
     this.#account = opts.account;
     this.#redis = opts.redis;
     this.#log = opts.logger;
-    this.#http = got.extend({ prefixUrl: opts.account.wechatApiBaseUrl, timeout: { request: 10_000 }, retry: { limit: 0 } });
+    this.#http = got.extend({ prefixUrl: opts.account.wechatApiBaseUrl, timeout: { request: REQUEST_TIMEOUT_MS }, retry: { limit: 0 } });
     this.#tokenKey = redisKey(opts.prefix, 'token', opts.account.appId);
     this.#lockKey = redisKey(opts.prefix, 'token-lock', opts.account.appId);
-    this.#expireIfSame = defineScript<[string, string], number>(opts.redis, 'wxdExpireToken', 1, EXPIRE_IF_SAME_LUA);
+    this.#deleteIfSame = defineScript<[string, string], number>(opts.redis, 'wxdExpireToken', 1, DELETE_IF_SAME_LUA);
   }
 
   /** Sends a customer-service text message. */
@@ -116,7 +127,7 @@ export class WeChatApi {
     const ext = /\.([a-z0-9]+)$/i.exec(filename)?.[1]?.toLowerCase() ?? '';
     if (!(limit.extensions as readonly string[]).includes(ext)) throw new MediaLimitError(`${type} must be ${limit.extensions.join('/')}, not "${ext}"`);
     if (bytes.length > limit.maxBytes) throw new MediaLimitError(`${type} of ${bytes.length} bytes is over WeChat's ${limit.maxBytes}`);
-    const reply = await this.#withToken(path, (token) => {
+    const reply = await this.#withToken('POST', path, (token) => {
       const form = new FormData();
       form.set('media', new Blob([bytes], { type: contentType }), filename);
       return this.#http.post(path, { searchParams: { access_token: token, type }, body: form, timeout: { request: MEDIA_TIMEOUT_MS } }).json<WeChatReply>();
@@ -133,7 +144,7 @@ export class WeChatApi {
   async downloadMedia(mediaId: string, maxBytes = MEDIA_DOWNLOAD_MAX_BYTES): Promise<WeChatMedia> {
     const path = 'cgi-bin/media/get';
     let media: WeChatMedia | undefined;
-    await this.#withToken(path, async (token) => {
+    await this.#withToken('GET', path, async (token) => {
       const stream = this.#http.stream(path, { searchParams: { access_token: token, media_id: mediaId }, timeout: { request: MEDIA_TIMEOUT_MS } });
       const { bytes, contentType } = await readCapped(stream, maxBytes);
       const error = errorReply(bytes, contentType);
@@ -146,21 +157,23 @@ export class WeChatApi {
 
   /** POSTs JSON with the shared access token; refreshes an invalid token and retries once, backs off on -1. */
   async call(path: string, body: unknown): Promise<WeChatReply> {
-    return this.#withToken(path, (token) => this.#http.post(path, { searchParams: { access_token: token }, json: body }).json<WeChatReply>());
+    return this.#withToken('POST', path, (token) => this.#http.post(path, { searchParams: { access_token: token }, json: body }).json<WeChatReply>());
   }
 
   /** Runs `send` with the shared token: an invalid token is expired and fetched again once, -1 backs off. */
-  async #withToken(path: string, send: (token: string) => Promise<WeChatReply>): Promise<WeChatReply> {
+  async #withToken(method: string, path: string, send: (token: string) => Promise<WeChatReply>): Promise<WeChatReply> {
     let refreshed = false;
     for (let busy = 0; ; ) {
       const token = await this.accessToken();
-      const reply = await send(token);
+      const reply = await send(token).catch((err: unknown) => {
+        throw httpFailure(method, path, err);
+      });
       const errcode = reply.errcode ?? 0;
       if (errcode === 0) return reply;
       this.#metrics?.wechatApiErrors.inc({ errcode: String(errcode) });
       if (TOKEN_INVALID.has(errcode) && !refreshed) {
         refreshed = true;
-        await this.#expireIfSame(this.#tokenKey, token);
+        await this.#deleteIfSame(this.#tokenKey, token);
         this.#log.warn({ errcode }, 'access token rejected; refreshing');
         continue;
       }
@@ -172,20 +185,27 @@ export class WeChatApi {
     }
   }
 
-  /** The account's access token from Redis, fetched by exactly one process when missing. */
+  /**
+   * The account's access token from Redis, fetched by exactly one process when missing: each call
+   * locks with its own random owner (a pid would be shared by every client of one process) and only
+   * that owner releases the lock. Waiters poll for as long as the lock can live, then take it over.
+   */
   async accessToken(): Promise<string> {
-    for (let i = 0; i < 100; i++) {
+    const owner = randomUUID();
+    const giveUpAt = Date.now() + TOKEN_LOCK_MS + 10 * TOKEN_LOCK_POLL_MS;
+    for (;;) {
       const cached = await this.#redis.get(this.#tokenKey);
       if (cached) return cached;
-      const locked = await this.#redis.set(this.#lockKey, String(process.pid), 'PX', 10_000, 'NX');
-      if (locked === 'OK') {
+      if ((await this.#redis.set(this.#lockKey, owner, 'PX', TOKEN_LOCK_MS, 'NX')) === 'OK') {
         try {
-          return await this.#fetchToken();
+          // The previous owner may have stored a token between our GET and our SET.
+          return (await this.#redis.get(this.#tokenKey)) ?? (await this.#fetchToken());
         } finally {
-          await this.#redis.del(this.#lockKey);
+          await this.#deleteIfSame(this.#lockKey, owner);
         }
       }
-      await sleep(100);
+      if (Date.now() > giveUpAt) break;
+      await sleep(TOKEN_LOCK_POLL_MS);
     }
     throw new AppError('wechat_api', 'timed out waiting for another process to fetch the access token', { retryable: true });
   }
@@ -200,15 +220,43 @@ export class WeChatApi {
       accessTokenMode === 'plain'
         ? this.#http.get(path, { searchParams: { grant_type: 'client_credential', appid: appId, secret: appSecret } })
         : this.#http.post(path, { json: { grant_type: 'client_credential', appid: appId, secret: appSecret, force_refresh: false } });
-    const reply = await request.json<WeChatReply & { access_token?: string; expires_in?: number }>();
+    const reply = await request.json<WeChatReply & { access_token?: string; expires_in?: number }>().catch((err: unknown) => {
+      throw httpFailure(accessTokenMode === 'plain' ? 'GET' : 'POST', path, err);
+    });
     if (!reply.access_token) throw new WeChatApiError(reply.errcode ?? -2, String(reply.errmsg ?? 'no token'), path);
-    // Refresh five minutes before WeChat expires it (tokens last 7200 s).
-    const ttl = Math.max(60, (reply.expires_in ?? 7200) - 300);
-    await this.#redis.set(this.#tokenKey, reply.access_token, 'EX', ttl);
-    this.#log.info({ ttl, path }, 'access token fetched');
+    const expiresIn = typeof reply.expires_in === 'number' && reply.expires_in > 0 ? reply.expires_in : 7200;
+    const ttl = tokenCacheSeconds(expiresIn);
+    if (ttl > 0) await this.#redis.set(this.#tokenKey, reply.access_token, 'EX', ttl);
+    this.#log.info({ ttl, expiresIn, path }, 'access token fetched');
     return reply.access_token;
   }
 
+}
+
+/**
+ * How long to cache a token WeChat issued for `expiresIn` seconds: half its life, and at least five
+ * minutes before it expires (stable_token renews a token in its last five minutes; /cgi-bin/token
+ * keeps the old one valid five minutes after a new one), never longer than WeChat says. A token in
+ * its last five minutes is kept for half of what is left.
+ */
+export function tokenCacheSeconds(expiresIn: number): number {
+  const ttl = expiresIn > 300 ? Math.min(expiresIn - 300, expiresIn / 2) : expiresIn / 2;
+  return Math.floor(ttl);
+}
+
+/**
+ * A got failure as an AppError that names only the method and the path. got's own message holds
+ * the whole URL, `?access_token=` (and `?secret=` in plain token mode) included, and its `options`
+ * the whole request: neither may reach a log line or a job's failedReason in Redis, so neither the
+ * message nor the error itself (as `cause`) is kept. Network failures, timeouts, 429 and 5xx are
+ * retryable; other HTTP statuses are not.
+ */
+function httpFailure(method: string, path: string, err: unknown): unknown {
+  if (!(err instanceof RequestError)) return err;
+  const status = err.response?.statusCode;
+  const what = err instanceof HTTPError ? `HTTP ${status}` : err instanceof ParseError ? `unreadable reply (HTTP ${status})` : err.code;
+  const retryable = !(err instanceof HTTPError) || status === 429 || (status ?? 0) >= 500;
+  return new AppError('wechat_api', `${method} /${path}: ${what}`, { retryable, ...(status === undefined ? {} : { status }) });
 }
 
 /** The errcode JSON WeChat sends in place of media bytes, if that is what `bytes` holds. */

@@ -51,7 +51,7 @@ export async function startWorker(
   const pushQueue = new Queue<PushJobData>(QUEUES.push, { connection, prefix });
   for (const q of [answerQueue, pushQueue]) q.on('error', throttledErrorLog(logger, `queue ${q.name} error`));
   const store = new DeliveryStore(redis, prefix);
-  const metrics = opts.metrics ?? createMetrics('worker');
+  const metrics = opts.metrics ?? createMetrics('worker', { customServiceBlocked: () => readBlocked(store, config) });
   const difyClients = new Map<string, DifyClient>();
   const apis = new Map<string, WeChatApi>();
   const difyFor = (account: AccountConfig) =>
@@ -148,6 +148,13 @@ async function listenHealth(
   server.listen(port, host);
   await once(server, 'listening');
   return server;
+}
+
+/** Each account's 48001 switch, as every worker reports it in `wxdify_custom_service_blocked`. */
+async function readBlocked(store: DeliveryStore, config: Config): Promise<Map<string, boolean>> {
+  const ids = [...config.accounts.keys()];
+  const blocked = await Promise.all(ids.map((id) => store.customServiceBlocked(id)));
+  return new Map(ids.map((id, i) => [id, blocked[i]!]));
 }
 
 function memo<V>(map: Map<string, V>, key: string, make: () => V): V {

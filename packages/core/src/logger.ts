@@ -2,12 +2,18 @@ import { pino, type Logger, type LoggerOptions } from 'pino';
 
 export type { Logger };
 
-/** Paths never written to logs: secrets in config, headers and WeChat/Dify payloads. */
+/**
+ * Paths never written to logs: secrets in config, headers and WeChat/Dify payloads. An account's
+ * secrets are matched where an AccountConfig can appear: on its own (`{ account }`), as a list
+ * (`accounts`, the CONFIG_FILE shape). `Config.accounts` is a Map, which pino writes as `{}`.
+ */
 export const REDACT_PATHS = [
   'token',
   'appSecret',
   'encodingAesKey',
   'apiKey',
+  'difyApiKey',
+  'secret',
   'password',
   'accessToken',
   'access_token',
@@ -15,12 +21,18 @@ export const REDACT_PATHS = [
   '*.appSecret',
   '*.encodingAesKey',
   '*.apiKey',
+  '*.difyApiKey',
+  '*.secret',
   '*.password',
   '*.accessToken',
   '*.access_token',
   '*.authorization',
   'headers.authorization',
   'req.headers.authorization',
+  'accounts[*].token',
+  'accounts[*].appSecret',
+  'accounts[*].encodingAesKey',
+  'accounts[*].difyApiKey',
   'config.accounts[*].token',
   'config.accounts[*].appSecret',
   'config.accounts[*].encodingAesKey',

@@ -4,12 +4,18 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom
 /** Where an answer reached the follower (label `path` of wxdify_answers_delivered_total). */
 export type DeliveryPath = 'passive_1' | 'passive_2' | 'passive_3' | 'pushed' | 'fetched';
 
+/** Shared state a process reads from Redis when scraped, so every replica reports the same. */
+export interface MetricSources {
+  /** Each account's 48001 switch (true: customer-service messages refused, waiting mode in use). */
+  customServiceBlocked?: () => Promise<ReadonlyMap<string, boolean>>;
+}
+
 /**
  * The Prometheus metrics of one process: Node's defaults plus ours. Label values are bounded
  * (account ids, message types, paths, error codes), never OpenIDs or message ids.
  * https://prometheus.io/docs/practices/naming
  */
-export function createMetrics(component: 'ingress' | 'worker') {
+export function createMetrics(component: 'ingress' | 'worker', sources: MetricSources = {}) {
   const registry = new Registry();
   registry.setDefaultLabels({ component });
   collectDefaultMetrics({ register: registry });
@@ -70,6 +76,11 @@ export function createMetrics(component: 'ingress' | 'worker') {
       help: 'Set to 1 when WeChat refused customer-service messages (48001) and the account fell back to the waiting mode',
       labelNames: ['account'] as const,
       registers,
+      // Read at scrape time: the switch lives in Redis, not in the memory of the worker that hit 48001.
+      async collect() {
+        const states = await sources.customServiceBlocked?.().catch(() => undefined);
+        for (const [account, blocked] of states ?? []) this.set({ account }, blocked ? 1 : 0);
+      },
     }),
     queueJobs: new Gauge({
       name: 'wxdify_queue_jobs',

@@ -43,8 +43,10 @@ export function createAnswerProcessor(deps: AnswerProcessorDeps) {
     const log = deps.logger.child({ jobId: job.id, account: account.id, msgId: job.data.message.msgId });
     await deps.turns.acquire(job, token);
 
-    // In customer-service mode the follower sees "typing…" while Dify works.
-    const typing = account.enableCustomMessage ? startTyping(deps.wechatFor(account), openId, log) : undefined;
+    // In customer-service mode the follower sees "typing…" while Dify works (not while WeChat refuses it: 48001).
+    const typing = account.enableCustomMessage
+      ? startTyping(deps.wechatFor(account), openId, log, { blocked: () => store.customServiceBlocked(account.id) })
+      : undefined;
     const parts = await askDify(deps, account, job, log, signal)
       .catch(async (err: unknown) => {
         if (!signal?.aborted) throw err;
@@ -62,8 +64,8 @@ export function createAnswerProcessor(deps: AnswerProcessorDeps) {
       openId,
       dueAfterMs: passiveWindowMs(config),
     });
-    // A passive reply or a push ends "typing…" by itself; an answer left for `1` withdraws it.
-    typing?.stop({ cancel: state === 'wait' });
+    // A push ends "typing…" by itself; an answer that goes out passively or is left for `1` withdraws it.
+    typing?.stop({ cancel: state !== 'push' });
     await deps.turns.wake(next);
     if (state === 'push') await enqueuePush(deps.pushQueue, { account: account.id, answerJobId: job.id!, openId }, 0);
     log.info({ parts: parts.length, state }, 'answer ready');

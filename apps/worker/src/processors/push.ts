@@ -87,7 +87,6 @@ async function stop(deps: PushProcessorDeps, account: AccountConfig, data: PushJ
     log.warn({ pushed }, 'follower outside the 48 h window (45015); answer dropped');
   } else {
     await deps.store.setPending(account.id, data.openId, data.answerJobId);
-    deps.metrics.customServiceBlocked.set({ account: account.id }, 1);
     if (await deps.store.blockCustomService(account.id)) {
       log.error('WeChat refused customer-service messages (48001): switching this account to the waiting mode');
     }
