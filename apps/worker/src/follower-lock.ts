@@ -6,10 +6,11 @@ const PARK_MS = 250;
 /** The pushing job checks in this often; a job that has not checked in for STALE_MS lost its place. */
 const CHECK_IN_MS = 5000;
 /**
- * Longer than a push job's longest back-off (8 s) and than a crashed job's takeover (~25 s), so
- * neither lets a later answer jump ahead; short enough that a job gone for good holds nobody up long.
+ * Longer than a push job's longest back-off (8 s) and than a killed worker's job being taken over
+ * (up to 25 s, plus up to 5 s since its last check-in), so neither lets a later answer jump ahead;
+ * short enough that a job gone for good (failed by BullMQ's stall limit) holds nobody up long.
  */
-const STALE_MS = 30_000;
+const STALE_MS = 45_000;
 const LINE_TTL_S = 86_400;
 
 // KEYS: the follower's push line (score: answer order), its check-in times.
