@@ -68,6 +68,44 @@ describe('DeliveryStore', () => {
     expect(await store.settle('job-e', 'handoff', 'push')).toMatchObject({ state: 'passive', won: false });
   });
 
+  it('hands each part out once, to whichever claimer comes first, and `next` only moves forward', async () => {
+    const parts = (n: number): StoredAnswer => ({ parts: Array.from({ length: n }, (_, i) => ({ type: 'text', text: `p${i}` })), readyAt: 0 });
+    await store.saveAnswer('job-claim', parts(4), finish);
+    expect(await store.claimPart('job-claim')).toBeUndefined(); // not delivered yet: attempts may still take it
+    await store.settle('job-claim', 'take'); // part 0 went in the passive reply
+    // Two claimers (the push job and a `1`) on two connections, racing.
+    const otherRedis = new Redis(inject('redisUrl'));
+    const other = new DeliveryStore(otherRedis, prefix);
+    const claims = await Promise.all([store.claimPart('job-claim'), other.claimPart('job-claim'), store.claimPart('job-claim'), other.claimPart('job-claim')]);
+    expect(claims.map((c) => c?.index).sort()).toEqual([1, 2, 3, undefined]);
+    // Part 3 was not sent: it can be given back while nothing after it was claimed.
+    expect(await store.giveBackPart('job-claim', 3)).toBe(true);
+    expect(await other.claimPart('job-claim')).toMatchObject({ index: 3, part: { text: 'p3' }, remaining: 0 });
+    // Giving back a part with a later one handed out would hand that one out again: refused.
+    expect(await store.giveBackPart('job-claim', 1)).toBe(false);
+    expect(await store.claimPart('job-claim')).toBeUndefined();
+    await otherRedis.quit();
+  });
+
+  it('never replaces a stored answer: a rerun of the job keeps the half-delivered one', async () => {
+    await store.saveAnswer('job-rerun', { parts: [{ type: 'text', text: 'a' }, { type: 'text', text: 'b' }], readyAt: 1 }, finish);
+    await store.settle('job-rerun', 'take');
+    await store.saveAnswer('job-rerun', answer('different'), finish);
+    expect((await store.peek('job-rerun')).answer?.parts).toEqual([{ type: 'text', text: 'a' }, { type: 'text', text: 'b' }]);
+    expect(await store.claimPart('job-rerun')).toMatchObject({ index: 1, part: { text: 'b' } });
+  });
+
+  it('gives a failed push back to the allowance, never above WeChat\'s 5', async () => {
+    await store.resetPushQuota('acc', 'o_quota');
+    await store.usePushQuota('acc', 'o_quota');
+    await store.usePushQuota('acc', 'o_quota');
+    await store.giveBackPush('acc', 'o_quota');
+    expect(await store.usePushQuota('acc', 'o_quota')).toEqual({ ok: true, left: 3 });
+    await store.resetPushQuota('acc', 'o_quota');
+    await store.giveBackPush('acc', 'o_quota');
+    expect(await store.usePushQuota('acc', 'o_quota')).toEqual({ ok: true, left: 4 });
+  });
+
   it.each(['push', 'wait'] as const)('settles the deadline race exactly once (%s mode), 300 times in a row', async (mode) => {
     // The ingress giving up at the last deadline and the worker finishing, on two connections
     // (two processes), each started after a random few hundred microseconds.

@@ -138,4 +138,28 @@ describe('replicas on one Redis', () => {
     expect(runsFor(openId)).toHaveLength(2); // the stream was re-run, the answer delivered once
     expect(rescuer.logs.some((l) => l.includes('"answer ready"') && l.includes(openId))).toBe(true);
   });
+
+  it('a worker killed while pushing a long answer (SIGKILL): the push job is taken over within about 30 s and sends the rest, no part twice', { timeout: 90_000 }, async () => {
+    // Only the victim may hold the push job: stop every other worker first.
+    await Promise.all(procs.filter((p) => p.kind === 'worker').map((p) => p.stop()));
+    const victim = await startProcess('worker', env);
+    procs.push(victim);
+    const openId = 'o_push_crash';
+    dify.enqueue({ name: 'normal', answer: Array.from({ length: 6 }, (_, i) => `${i} ${'x'.repeat(1500)}`).join('\n\n') });
+    wechat.slowPushWhen((m) => (m.touser === openId ? 1000 : undefined));
+    const sim = simFor(ingresses[0]!);
+    const first = await sim.deliver(sim.messageXml(openId, { MsgType: 'text', Content: 'long', MsgId: nextMsgId() }), WINDOW);
+    expect(first.accepted?.reply?.Content?.startsWith('0 ')).toBe(true);
+    await eventually(() => wechat.textsTo(openId).length === 1, 5000);
+    const rescuer = await startProcess('worker', env);
+    procs.push(rescuer);
+    const killedAt = Date.now();
+    await victim.kill(); // most likely while WeChat holds a part's answer: that part counts as sent
+    await eventually(() => wechat.textsTo(openId).length === 5, 45_000);
+    const takeover = Date.now() - killedAt;
+    await new Promise((r) => setTimeout(r, 1500));
+    wechat.slowPushWhen(undefined);
+    expect(takeover).toBeLessThan(35_000);
+    expect(wechat.textsTo(openId).map((t) => t.split(' ')[0])).toEqual(['1', '2', '3', '4', '5']);
+  });
 });

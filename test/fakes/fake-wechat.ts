@@ -89,8 +89,9 @@ export class FakeWeChat {
     this.#server = createServer((req, res) => void this.#handle(req, res));
   }
 
-  async start(): Promise<this> {
-    await new Promise<void>((resolve) => this.#server.listen(0, '127.0.0.1', resolve));
+  /** Listens on `port` (0: a free one). */
+  async start(port = 0): Promise<this> {
+    await new Promise<void>((resolve) => this.#server.listen(port, '127.0.0.1', resolve));
     this.url = `http://127.0.0.1:${(this.#server.address() as AddressInfo).port}`;
     return this;
   }
@@ -142,6 +143,16 @@ export class FakeWeChat {
     this.#rule = rule;
   }
   #rule: ((call: WeChatCall) => number | undefined) | undefined;
+
+  /**
+   * For each customer-service message `rule` picks: a delay (ms) before WeChat answers `ok`, or
+   * 'hang-up': WeChat accepts the message (the follower gets it) and the connection drops before
+   * the answer, so the sender cannot know it went out.
+   */
+  slowPushWhen(rule: ((msg: PushedMessage) => number | 'hang-up' | undefined) | undefined): void {
+    this.#slowRule = rule;
+  }
+  #slowRule: ((msg: PushedMessage) => number | 'hang-up' | undefined) | undefined;
 
   /** Makes `mediaId` downloadable from media/get (as a follower's voice or image would be). */
   addMedia(mediaId: string, bytes: Buffer, contentType: string, filename = mediaId): void {
@@ -215,6 +226,9 @@ export class FakeWeChat {
       if (msg.msgtype === 'image' && !this.#media.has(msg.image?.media_id ?? '')) return send({ errcode: 40007, errmsg: 'invalid media_id' });
       this.onPush?.(msg);
       this.pushed.push(msg);
+      const slow = this.#slowRule?.(msg);
+      if (slow === 'hang-up') return void req.socket.destroy();
+      if (slow) await new Promise((r) => setTimeout(r, slow));
       return send({ errcode: 0, errmsg: 'ok' });
     }
     if (url.pathname === '/cgi-bin/message/custom/typing') return send({ errcode: 0, errmsg: 'ok' });

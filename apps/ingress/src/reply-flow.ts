@@ -172,9 +172,12 @@ async function deliver(deps: ReplyFlowDeps, ref: AnswerRef, result: SettleResult
   return { kind: 'reply', part: await handOverRest(deps, ref, first, 1, parts.length - 1), path };
 }
 
-/** The next undelivered part of a long answer, for the follower's `1`. */
+/**
+ * The next undelivered part of a long answer, for the follower's `1`: claimed with the same atomic
+ * step as the push job's, so a `1` arriving while parts are being pushed takes a part no push sends.
+ */
 async function nextPart(deps: ReplyFlowDeps, ref: AnswerRef): Promise<Outcome | undefined> {
-  const next = await deps.store.takeNextPart(ref.jobId);
+  const next = await deps.store.claimPart(ref.jobId);
   if (!next || next.remaining === 0) await deps.store.clearPending(ref.account.id, ref.openId, ref.jobId);
   if (!next) return undefined;
   const part = next.remaining === 0 ? next.part : await handOverRest(deps, ref, next.part, next.index + 1, next.remaining);
@@ -195,7 +198,7 @@ async function handOverRest(
 ): Promise<AnswerPart> {
   await deps.store.setPending(ref.account.id, ref.openId, ref.jobId);
   if (await pushesAllowed(deps, ref.account)) {
-    // `next` (the part after the one being replied) only names the push job; the job reads where to start from Redis.
+    // `next` (the part after the one being replied) only names the push job; the job claims its parts in Redis.
     await enqueuePush(deps.pushQueue, { account: ref.account.id, answerJobId: ref.jobId, openId: ref.openId }, next);
     return part;
   }

@@ -98,6 +98,12 @@ export async function startWorker(
   for (const w of workers) {
     w.on('error', throttledErrorLog(logger, `worker ${w.name} error`));
     w.on('failed', (job, err) => logger.warn({ jobId: job?.id, err: err.message, attempts: job?.attemptsMade }, 'job failed'));
+    // A job whose lock could not be renewed is (or soon will be) run again by another worker as a
+    // stalled job: abort our run (its processor sees the signal) so the two do not both work on it.
+    w.on('lockRenewalFailed', (jobIds) => {
+      logger.warn({ jobIds }, 'job lock lost; cancelling our run of those jobs');
+      for (const id of jobIds) w.cancelJob(id, 'lock lost');
+    });
   }
 
   let shuttingDown = false;

@@ -10,7 +10,7 @@ import type { AnswerPart, StoredAnswer } from './queue.js';
  *            push    handed to customer-service pushes
  *            wait    the follower fetches it by sending `1`
  *            fetched the follower's `1` took it
- *   next   – index of the first part not delivered yet
+ *   next   – index of the first part not handed out yet (claimed by a push or a `1`)
  *   cont   – how many `1`s waited on it
  * Every transition happens inside one Lua script, so the ingress giving up at the last
  * attempt's deadline and the worker finishing cannot both deliver, nor both skip (DESIGN 2).
@@ -88,10 +88,14 @@ end
 return {st, ans or '', 0}
 `;
 
-// Hands out the next undelivered part of an answer (for the follower's `1`), moving `next` on.
-const TAKE_PART_LUA = `
+// The one way a part is handed out, by the push job and by the follower's `1` alike: claims the
+// next undelivered part (the claimer then sends it) and moves `next` on, atomically, so `next`
+// only moves forward and no part is handed out twice. Nothing is handed out before the first part
+// went out (state '' or wait). Returns index, part, how many remain after it.
+const CLAIM_PART_LUA = `
 local ans = redis.call('HGET', KEYS[1], 'ans')
-if not ans then return {-1, '', 0} end
+local st = redis.call('HGET', KEYS[1], 'state') or ''
+if not ans or st == '' or st == 'wait' then return {-1, '', 0} end
 local parts = cjson.decode(ans)['parts']
 local n = tonumber(redis.call('HGET', KEYS[1], 'next') or '0')
 if n >= #parts then return {-1, '', 0} end
@@ -99,14 +103,31 @@ redis.call('HSET', KEYS[1], 'next', n + 1)
 return {n, cjson.encode(parts[n + 1]), #parts - n - 1}
 `;
 
+// Gives back a claimed part WeChat definitely did not receive, only while nothing after it was
+// claimed (ARGV[1] is its index): a later part already handed out is never handed out again.
+const GIVE_BACK_PART_LUA = `
+if tonumber(redis.call('HGET', KEYS[1], 'next') or '-1') ~= tonumber(ARGV[1]) + 1 then return 0 end
+redis.call('HSET', KEYS[1], 'next', ARGV[1])
+return 1
+`;
+
+// Gives back one push of the follower's allowance (a push that failed), never above ARGV[1].
+const GIVE_BACK_PUSH_LUA = `
+local left = tonumber(redis.call('GET', KEYS[1]) or '-1')
+if left < 0 or left >= tonumber(ARGV[1]) then return left end
+return redis.call('INCR', KEYS[1])
+`;
+
 // KEYS: message hash, the follower's line, the due set.
 // ARGV: answer JSON, ttl, job id, account, OpenID, ms after the first arrival when WeChat's last
 //       attempt must be over, now, the channel that wakes waiting attempts.
-// Stores the answer, ends the job's turn (returning the next job in line), and, when no attempt
+// Stores the answer unless one is stored already (a rerun of the job never replaces an answer whose
+// parts may be half delivered), ends the job's turn (returning the next job in line), and, when no attempt
 // has taken or handed over the answer yet, puts it in the due set: a worker's sweep hands it over
 // once WeChat's window is over. Then wakes the attempts that wait for it.
 const FINISH_LUA = `
-redis.call('HSET', KEYS[1], 'ans', ARGV[1], 'acct', ARGV[4], 'uid', ARGV[5])
+redis.call('HSETNX', KEYS[1], 'ans', ARGV[1])
+redis.call('HSET', KEYS[1], 'acct', ARGV[4], 'uid', ARGV[5])
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('ZREM', KEYS[2], ARGV[3])
 local st = redis.call('HGET', KEYS[1], 'state') or ''
@@ -126,7 +147,9 @@ export class DeliveryStore {
   readonly #attempt;
   readonly #settle;
   readonly #finish;
-  readonly #takePart;
+  readonly #claimPart;
+  readonly #giveBackPart;
+  readonly #giveBackPush;
 
   constructor(redis: RedisClient, prefix: string) {
     this.#redis = redis;
@@ -136,7 +159,9 @@ export class DeliveryStore {
     this.#settle = defineScript<[string, string, string, string, string], [string, string, number]>(redis, 'wxdSettle', 2, SETTLE_LUA);
     this.#finish = defineScript<[string, string, string, string, number, string, string, string, number, number, string], [string, string]>(
       redis, 'wxdFinish', 3, FINISH_LUA);
-    this.#takePart = defineScript<[string], [number, string, number]>(redis, 'wxdTakePart', 1, TAKE_PART_LUA);
+    this.#claimPart = defineScript<[string], [number, string, number]>(redis, 'wxdClaimPart', 1, CLAIM_PART_LUA);
+    this.#giveBackPart = defineScript<[string, number], number>(redis, 'wxdGiveBackPart', 1, GIVE_BACK_PART_LUA);
+    this.#giveBackPush = defineScript<[string, number], number>(redis, 'wxdGiveBackPush', 1, GIVE_BACK_PUSH_LUA);
   }
 
   /** The hash key of a message's delivery state. */
@@ -189,8 +214,8 @@ export class DeliveryStore {
   }
 
   /**
-   * Stores the worker's answer and ends the job's turn in its follower's line. Returns the state
-   * it found (`push`: the worker pushes it now) and the next job in the follower's line.
+   * Stores the worker's answer (never replacing one already stored) and ends the job's turn in
+   * its follower's line. Returns the state it found (`push`: the worker pushes it now) and the next job in the follower's line.
    * `dueAfterMs` (after the first arrival) is when WeChat's last attempt must be over.
    */
   async saveAnswer(
@@ -258,16 +283,20 @@ export class DeliveryStore {
     };
   }
 
-  /** Marks parts before `next` delivered (pushes move it forward one part at a time). */
-  async markDelivered(jobId: string, next: number): Promise<void> {
-    await this.#redis.hset(this.key(jobId), 'next', next);
-  }
-
-  /** Takes the next undelivered part, if any: its index, the part, and how many remain after it. */
-  async takeNextPart(jobId: string): Promise<{ index: number; part: AnswerPart; remaining: number } | undefined> {
-    const [index, part, remaining] = await this.#takePart(this.key(jobId));
+  /**
+   * Claims the next undelivered part for sending (push job or `1`): its index, the part, and how
+   * many remain after it; undefined when none is left. At most once: a claimed part counts as
+   * delivered unless the claimer gives it back with {@link giveBackPart}.
+   */
+  async claimPart(jobId: string): Promise<{ index: number; part: AnswerPart; remaining: number } | undefined> {
+    const [index, part, remaining] = await this.#claimPart(this.key(jobId));
     if (index < 0) return undefined;
     return { index, part: JSON.parse(part) as AnswerPart, remaining };
+  }
+
+  /** Gives back a claimed part WeChat did not receive; false when a later part was claimed meanwhile. */
+  async giveBackPart(jobId: string, index: number): Promise<boolean> {
+    return (await this.#giveBackPart(this.key(jobId), index)) === 1;
   }
 
   /** Counts one `1` that waited on this answer; returns how many so far. */
@@ -306,7 +335,12 @@ export class DeliveryStore {
     return { ok: left >= 0, left: Math.max(0, left) };
   }
 
-  /** Gives back a push that WeChat refused, or marks the allowance spent when WeChat says 45047. */
+  /** Gives back one push of the allowance (the push failed); never above WeChat's 5. */
+  async giveBackPush(account: string, openId: string): Promise<void> {
+    await this.#giveBackPush(this.#followerKey('quota', account, openId), PUSHES_PER_MESSAGE);
+  }
+
+  /** Marks the allowance spent (`0`) when WeChat says 45047. */
   async setPushQuota(account: string, openId: string, left: number): Promise<void> {
     await this.#redis.set(this.#followerKey('quota', account, openId), left, 'KEEPTTL');
   }

@@ -5,6 +5,7 @@ import {
   type AnswerJobData,
   type AnswerJobResult,
   type Config,
+  type DeliveryState,
   type DeliveryStore,
   type Logger,
   type PushJobData,
@@ -41,6 +42,15 @@ export function createAnswerProcessor(deps: AnswerProcessorDeps) {
     if (!account) throw new UnrecoverableError(`unknown account ${job.data.account}`);
     const openId = job.data.message.fromUserName;
     const log = deps.logger.child({ jobId: job.id, account: account.id, msgId: job.data.message.msgId });
+    // A rerun of a job that already stored its answer (it stalled, or a step after saving failed):
+    // Dify is not asked again and the stored answer, perhaps half delivered, is kept; only the
+    // hand-over steps are done again (each is idempotent).
+    const stored = await store.peek(job.id!);
+    if (stored.answer) {
+      log.warn({ state: stored.state }, 'answer already stored; redoing the hand-over only');
+      await handOver(deps, job, account, stored.state, await store.lineHead(account.id, openId));
+      return { parts: stored.answer.parts.length, state: stored.state };
+    }
     await deps.turns.acquire(job, token);
 
     // In customer-service mode the follower sees "typing…" while Dify works (not while WeChat refuses it: 48001).
@@ -66,9 +76,15 @@ export function createAnswerProcessor(deps: AnswerProcessorDeps) {
     });
     // A push ends "typing…" by itself; an answer that goes out passively or is left for `1` withdraws it.
     typing?.stop({ cancel: state !== 'push' });
-    await deps.turns.wake(next);
-    if (state === 'push') await enqueuePush(deps.pushQueue, { account: account.id, answerJobId: job.id!, openId }, 0);
+    await handOver(deps, job, account, state, next);
     log.info({ parts: parts.length, state }, 'answer ready');
     return { parts: parts.length, state };
   };
+}
+
+/** After the answer is stored: wakes the follower's next job, and pushes the answer when WeChat's attempts gave up. */
+async function handOver(deps: AnswerProcessorDeps, job: Job<AnswerJobData>, account: AccountConfig, state: DeliveryState, next: string | undefined) {
+  await deps.turns.wake(next);
+  const openId = job.data.message.fromUserName;
+  if (state === 'push') await enqueuePush(deps.pushQueue, { account: account.id, answerJobId: job.id!, openId }, 0);
 }

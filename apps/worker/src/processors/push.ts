@@ -1,5 +1,6 @@
-import { UnrecoverableError, type Job } from 'bullmq';
+import { DelayedError, UnrecoverableError, type Job } from 'bullmq';
 import {
+  AppError,
   messagesFor,
   type AccountConfig,
   type AnswerPart,
@@ -16,6 +17,8 @@ import { WeChatApiError, type WeChatApi } from '../wechat-api.js';
 const ERR_OUTSIDE_48H = 45015;
 const ERR_PUSH_QUOTA = 45047;
 const ERR_NO_PERMISSION = 48001;
+/** Socket errors raised before a request could leave: WeChat cannot have received the part. */
+const NOT_CONNECTED = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH']);
 
 export interface PushProcessorDeps {
   config: Config;
@@ -28,56 +31,101 @@ export interface PushProcessorDeps {
 
 type PushOutcome = 'done' | 'quota' | 'dropped' | 'no-permission';
 
+interface PushContext {
+  deps: PushProcessorDeps;
+  account: AccountConfig;
+  data: PushJobData;
+  log: Logger;
+}
+
 /**
- * Pushes the undelivered parts of an answer with the customer-service API, in order, one
- * follower at a time. The index of the next part is saved after each send, so a retried job
- * never sends a part twice. WeChat allows 5 pushes per follower message: what does not fit
- * waits for the follower's next `1`, and the last part that fits says so.
+ * Pushes the undelivered parts of an answer with the customer-service API, in order, in its
+ * follower's push line (answers in order, one at a time). Each part is claimed in Redis before it
+ * is sent, by the same script the follower's `1` uses, so no part goes out twice: at most once.
+ * A claim is given back only when WeChat surely did not get the part. WeChat allows 5 pushes per
+ * follower message: what does not fit waits for the follower's next `1`, and the last part that
+ * fits says so. At shutdown the job stops between parts and goes back to the queue.
  */
 export function createPushProcessor(deps: PushProcessorDeps) {
-  return async (job: Job<PushJobData>, token?: string): Promise<{ pushed: number; outcome: PushOutcome }> => {
+  return async (job: Job<PushJobData>, token?: string, signal?: AbortSignal): Promise<{ pushed: number; outcome: PushOutcome }> => {
     const account = accountOf(deps.config, job.data.account);
     const { answerJobId, openId } = job.data;
-    return deps.lock.run(job, token, account.id, openId, async () => {
-      const { answer, next, firstAt } = await deps.store.peek(answerJobId);
-      if (!answer) throw new UnrecoverableError(`no answer stored for ${answerJobId}`);
-      const log = deps.logger.child({ jobId: answerJobId, account: account.id });
+    const { answer, next, firstAt } = await deps.store.peek(answerJobId);
+    if (!answer) throw new UnrecoverableError(`no answer stored for ${answerJobId}`);
+    const order = firstAt * 1000 + Math.min(next, 999);
+    return deps.lock.run(job, token, { account: account.id, openId, order }, async (isHead) => {
+      const ctx: PushContext = { deps, account, data: job.data, log: deps.logger.child({ jobId: answerJobId, account: account.id }) };
       let pushed = 0;
-      for (let i = next; i < answer.parts.length; i++) {
-        const quota = await deps.store.usePushQuota(account.id, openId);
-        const outcome = quota.ok ? await send(deps, account, openId, withNotice(account, answer.parts, i, quota.left)) : 'quota';
-        if (outcome !== 'done') return stop(deps, account, job.data, outcome, pushed, log);
-        await deps.store.markDelivered(answerJobId, i + 1);
-        if (i === 0) {
-          // The whole answer went by push: this is when it reached the follower.
-          deps.metrics.answersDelivered.inc({ account: account.id, path: 'pushed' });
-          if (firstAt) deps.metrics.answerLatency.observe({ path: 'pushed' }, (Date.now() - firstAt) / 1000);
+      for (;;) {
+        if (signal?.aborted || !isHead()) {
+          // Shutting down (or our turn was lost): hand the job back; the parts sent so far stay claimed.
+          ctx.log.warn({ pushed }, 'push interrupted between parts; job handed back to the queue');
+          await job.moveToDelayed(Date.now(), token);
+          throw new DelayedError();
         }
+        const outcome = await pushNext(ctx, firstAt);
+        if (outcome === 'none') break;
+        if (outcome !== 'done') return stop(ctx, outcome, pushed);
         pushed++;
       }
       await deps.store.clearPending(account.id, openId, answerJobId);
-      log.info({ pushed }, 'answer pushed');
+      ctx.log.info({ pushed }, 'answer pushed');
       return { pushed, outcome: 'done' as const };
     });
   };
 }
 
-async function send(deps: PushProcessorDeps, account: AccountConfig, openId: string, part: AnswerPart): Promise<PushOutcome> {
+/** Claims and sends the next part; 'none' when every part is out. */
+async function pushNext({ deps, account, data, log }: PushContext, firstAt: number): Promise<PushOutcome | 'none'> {
+  const { store } = deps;
   const api = deps.wechatFor(account);
+  // A token problem shows up here, before anything is claimed or spent.
+  await api.accessToken();
+  const quota = await store.usePushQuota(account.id, data.openId);
+  if (!quota.ok) return 'quota';
+  const claim = await store.claimPart(data.answerJobId);
+  if (!claim) {
+    await store.giveBackPush(account.id, data.openId);
+    return 'none';
+  }
+  const part = withNotice(account, claim.part, claim.remaining, quota.left);
   try {
-    if (part.type === 'text') await api.sendText(openId, part.text);
-    else await api.sendImage(openId, part.mediaId);
-    return 'done';
+    if (part.type === 'text') await api.sendText(data.openId, part.text);
+    else await api.sendImage(data.openId, part.mediaId);
   } catch (err) {
-    if (!(err instanceof WeChatApiError)) throw err;
-    if (err.errcode === ERR_PUSH_QUOTA) return 'quota';
-    if (err.errcode === ERR_OUTSIDE_48H) return 'dropped';
-    if (err.errcode === ERR_NO_PERMISSION) return 'no-permission';
+    if (!surelyNotSent(err)) {
+      // The request may have reached WeChat (timeout, connection lost after sending): counting it
+      // as sent risks a missing part, sending it again a duplicate; we keep at most once.
+      log.warn({ index: claim.index, err: (err as Error).message }, 'push outcome unknown; part counted as sent');
+      return 'done';
+    }
+    const errcode = err instanceof WeChatApiError ? err.errcode : undefined;
+    if (!(await store.giveBackPart(data.answerJobId, claim.index))) {
+      log.warn({ index: claim.index, errcode }, 'push failed after a later part was handed out; this part is skipped');
+    }
+    // 45047 means the allowance is spent: that one is not given back (stop() marks it spent).
+    if (errcode !== ERR_PUSH_QUOTA) await store.giveBackPush(account.id, data.openId);
+    if (errcode === ERR_PUSH_QUOTA) return 'quota';
+    if (errcode === ERR_OUTSIDE_48H) return 'dropped';
+    if (errcode === ERR_NO_PERMISSION) return 'no-permission';
     throw err;
   }
+  if (claim.index === 0) {
+    // The whole answer went by push: this is when it reached the follower.
+    deps.metrics.answersDelivered.inc({ account: account.id, path: 'pushed' });
+    if (firstAt) deps.metrics.answerLatency.observe({ path: 'pushed' }, (Date.now() - firstAt) / 1000);
+  }
+  return 'done';
 }
 
-async function stop(deps: PushProcessorDeps, account: AccountConfig, data: PushJobData, outcome: PushOutcome, pushed: number, log: Logger) {
+/** WeChat answered with an errcode, or the request never left: the part did not reach the follower. */
+function surelyNotSent(err: unknown): boolean {
+  if (err instanceof AppError) return true;
+  const code = (err as { code?: unknown } | undefined)?.code;
+  return typeof code === 'string' && NOT_CONNECTED.has(code);
+}
+
+async function stop({ deps, account, data, log }: PushContext, outcome: PushOutcome, pushed: number) {
   if (outcome === 'quota') {
     // The rest waits for the follower's next message or `1`.
     await deps.store.setPushQuota(account.id, data.openId, 0);
@@ -95,9 +143,7 @@ async function stop(deps: PushProcessorDeps, account: AccountConfig, data: PushJ
 }
 
 /** The last part that fits in the allowance tells the follower that more waits for `1`. */
-function withNotice(account: AccountConfig, parts: AnswerPart[], index: number, quotaLeft: number): AnswerPart {
-  const part = parts[index]!;
-  const remaining = parts.length - index - 1;
+function withNotice(account: AccountConfig, part: AnswerPart, remaining: number, quotaLeft: number): AnswerPart {
   if (quotaLeft > 0 || remaining === 0 || part.type !== 'text') return part;
   return { type: 'text', text: `${part.text}\n\n${messagesFor(account)('moreParts', { count: remaining })}` };
 }
