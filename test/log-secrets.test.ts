@@ -139,10 +139,10 @@ describe('logs and Redis when the WeChat API fails (plain token mode)', () => {
     const late = (openId: string) => sim.deliver(sim.messageXml(openId, { MsgType: 'text', Content: slowQuery(openId, 2900), MsgId: nextMsgId() }), 1000);
     const voice = sim.deliver(sim.messageXml('o_http_voice', { MsgType: 'voice', MediaId: 'voice-gone', Format: 'amr', MsgId: nextMsgId() }), 1000);
     await Promise.all([late('o_http_502'), late('o_http_drop'), voice]);
-    // BullMQ retries each push after 1 s; each follower gets the answer once.
-    await eventually(() => wechat.textsTo('o_http_502').length === 1 && wechat.textsTo('o_http_drop').length === 1, 10_000);
+    // A send that got HTTP 502 or lost its connection may have reached WeChat: counted as sent (at most once), with a warning.
+    const unknown = () => lines.filter((l) => l.includes('push outcome unknown'));
+    await eventually(() => unknown().length === 2, 10_000);
     expect(wechat.calls.map((c) => c.answer)).toEqual(expect.arrayContaining([502, 'dropped']));
-
     const tokens = wechat.calls.map((c) => c.query.access_token).filter((t): t is string => Boolean(t));
     expect(tokens.length).toBeGreaterThan(0);
     const secrets = [APP_SECRET, dify.apiKey, ...tokens];
@@ -153,11 +153,9 @@ describe('logs and Redis when the WeChat API fails (plain token mode)', () => {
       expect(stored.filter((l) => l.includes(secret)), `Redis holds ${secret.slice(0, 6)}…`).toEqual([]);
     }
     // What failed is still said: method and path, status or network error code.
-    const failedReasons = stored.filter((l) => / failedReason=./.test(l)).join('\n');
-    expect(failedReasons).toMatch(/POST \/cgi-bin\/message\/custom\/send: HTTP 502/);
-    expect(failedReasons).toMatch(/POST \/cgi-bin\/message\/custom\/send: E[A-Z]+/);
+    expect(unknown().join('\n')).toMatch(/POST \/cgi-bin\/message\/custom\/send: HTTP 502/);
+    expect(unknown().join('\n')).toMatch(/POST \/cgi-bin\/message\/custom\/send: E[A-Z]+/);
     expect(all).toMatch(/GET \/cgi-bin\/token: HTTP 502/);
-    expect(all).toMatch(/job failed/);
     expect(lines.find((l) => l.includes('voice could not be transcribed'))).toMatch(/GET \/cgi-bin\/media\/get: HTTP 404/);
   });
 

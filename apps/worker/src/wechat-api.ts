@@ -60,6 +60,22 @@ export const TEMP_MEDIA_LIMITS = {
   thumb: { maxBytes: 64 * 1024, extensions: ['jpg', 'jpeg'] },
 } as const satisfies Record<TempMediaType, { maxBytes: number; extensions: readonly string[] }>;
 
+/**
+ * A call that got no errcode answer: an HTTP error status, an unreadable reply, or a network
+ * failure (`networkCode`, e.g. ECONNRESET). `path` says which call failed (the token fetch or the
+ * call itself), so a caller can tell whether its own request may have reached WeChat.
+ */
+export class WeChatHttpError extends AppError {
+  override readonly name = 'WeChatHttpError';
+  readonly path: string;
+  readonly networkCode: string | undefined;
+  constructor(message: string, opts: { path: string; networkCode?: string | undefined; status?: number | undefined; retryable: boolean }) {
+    super('wechat_api', message, { retryable: opts.retryable, ...(opts.status === undefined ? {} : { status: opts.status }) });
+    this.path = opts.path;
+    this.networkCode = opts.networkCode;
+  }
+}
+
 /** A file WeChat would refuse as temporary media (size or format); nothing was sent. */
 export class MediaLimitError extends AppError {
   override readonly name = 'MediaLimitError';
@@ -256,7 +272,8 @@ function httpFailure(method: string, path: string, err: unknown): unknown {
   const status = err.response?.statusCode;
   const what = err instanceof HTTPError ? `HTTP ${status}` : err instanceof ParseError ? `unreadable reply (HTTP ${status})` : err.code;
   const retryable = !(err instanceof HTTPError) || status === 429 || (status ?? 0) >= 500;
-  return new AppError('wechat_api', `${method} /${path}: ${what}`, { retryable, ...(status === undefined ? {} : { status }) });
+  const networkCode = err instanceof HTTPError || err instanceof ParseError ? undefined : err.code;
+  return new WeChatHttpError(`${method} /${path}: ${what}`, { path, networkCode, status, retryable });
 }
 
 /** The errcode JSON WeChat sends in place of media bytes, if that is what `bytes` holds. */

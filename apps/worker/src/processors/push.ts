@@ -11,12 +11,14 @@ import {
   type PushJobData,
 } from '@wxdify/core';
 import type { FollowerLock } from '../follower-lock.js';
-import { WeChatApiError, type WeChatApi } from '../wechat-api.js';
+import { WeChatApiError, WeChatHttpError, type WeChatApi } from '../wechat-api.js';
 
 /** errcodes of the customer-service API that decide what happens next (never the message text). */
 const ERR_OUTSIDE_48H = 45015;
 const ERR_PUSH_QUOTA = 45047;
 const ERR_NO_PERMISSION = 48001;
+/** The customer-service send, as WeChatHttpError names it. */
+const SEND_PATH = 'cgi-bin/message/custom/send';
 /** Socket errors raised before a request could leave: WeChat cannot have received the part. */
 const NOT_CONNECTED = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH']);
 
@@ -118,11 +120,15 @@ async function pushNext({ deps, account, data, log }: PushContext, firstAt: numb
   return 'done';
 }
 
-/** WeChat answered with an errcode, or the request never left: the part did not reach the follower. */
+/**
+ * WeChat answered with an errcode, or our send never left (the token fetch failed, or the
+ * connection could not be made): the part did not reach the follower. Anything else that went
+ * wrong with the send itself (a timeout, a connection lost after sending, an HTTP error from a
+ * proxy) may have delivered it.
+ */
 function surelyNotSent(err: unknown): boolean {
-  if (err instanceof AppError) return true;
-  const code = (err as { code?: unknown } | undefined)?.code;
-  return typeof code === 'string' && NOT_CONNECTED.has(code);
+  if (err instanceof WeChatHttpError) return err.path !== SEND_PATH || (err.networkCode !== undefined && NOT_CONNECTED.has(err.networkCode));
+  return err instanceof AppError;
 }
 
 async function stop({ deps, account, data, log }: PushContext, outcome: PushOutcome, pushed: number) {
