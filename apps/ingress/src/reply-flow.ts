@@ -145,30 +145,30 @@ async function settleAttempt(
   opts: TakeOptions,
 ): Promise<Outcome> {
   const tr = messagesFor(ref.account);
-  const result = await deps.waiter.take(ref.jobId, deadline, opts);
-  if (result.answer && result.state === 'passive') return deliver(deps, ref, result);
-  // Handed over already (by a sweep, or an earlier last attempt): tell the follower how it comes.
-  if (result.state === 'push') return textReply(tr('timeout'));
-  if (result.state === 'wait') return textReply(tr('continueWaiting', { left: ref.account.maxContinueCount }));
-  if (result.state !== '') return { kind: 'success' };
-  if (!last) return { kind: 'retry' };
-
-  const handoff = (await pushesAllowed(deps, ref.account)) ? 'push' : 'wait';
-  last.progress.handoff = handoff;
-  const follower = { account: ref.account.id, openId: ref.openId };
-  const mode = opts.signal?.aborted ? 'handoff' : 'last';
-  let settled = await deps.store.settle(ref.jobId, mode, handoff, { follower, notAfter: last.notAfter });
-  if (settled.won && settled.state === 'passive' && opts.signal?.aborted) {
-    // Granted while the request went away (or the route's cap answered): no reply can carry it now.
-    settled = await deps.store.settle(ref.jobId, 'reclaim', handoff, { follower });
+  let result = await deps.waiter.take(ref.jobId, deadline, opts);
+  if (last) {
+    const { progress, notAfter } = last;
+    const handoff = async () => (progress.handoff ??= (await pushesAllowed(deps, ref.account)) ? 'push' : 'wait');
+    const follower = { account: ref.account.id, openId: ref.openId };
+    if (result.state === '') {
+      const mode = opts.signal?.aborted ? 'handoff' : 'last';
+      result = await deps.store.settle(ref.jobId, mode, await handoff(), { follower, notAfter });
+    }
+    if (result.won && result.state === 'passive' && opts.signal?.aborted) {
+      // Granted while the request went away (or the route's cap answered): no reply can carry it
+      // now, and no retry comes after the last attempt to repeat it.
+      result = await deps.store.settle(ref.jobId, 'reclaim', await handoff(), { follower });
+    }
   }
-  if (settled.answer && settled.state === 'passive') return deliver(deps, ref, settled);
-  if (settled.state === 'push') {
-    if (settled.won && settled.answer) await pushHandedOver(deps, ref);
+  if (result.answer && result.state === 'passive') return deliver(deps, ref, result);
+  // Handed over (here, by a sweep, or by an earlier last attempt): tell the follower how it comes.
+  if (result.state === 'push') {
+    if (result.won && result.answer) await pushHandedOver(deps, ref);
     return textReply(tr('timeout'));
   }
-  if (settled.state === 'wait') return textReply(tr('continueWaiting', { left: ref.account.maxContinueCount }));
-  return { kind: 'success' };
+  if (result.state === 'wait') return textReply(tr('continueWaiting', { left: ref.account.maxContinueCount }));
+  if (result.state !== '') return { kind: 'success' };
+  return { kind: 'retry' };
 }
 
 /** Enqueues the push of an answer this attempt handed over, then drops its due entry (kept until now, see SETTLE_LUA). */
@@ -263,12 +263,12 @@ async function handOverRest(
  * after the attempt's wait, with room for the reply to still leave within WeChat's window.
  */
 export function replyNotAfter(config: Config, arrivedAt: number): number {
-  return arrivedAt + config.wechatTimeoutMs - Math.ceil(config.replyMarginMs / 2);
+  return arrivedAt + config.wechatTimeoutMs - Math.ceil((config.replyMarginMs * 3) / 4);
 }
 
 /** When the route answers whatever Redis does (after replyNotAfter, before WeChat cuts the request). */
 export function replyCap(config: Config, arrivedAt: number): number {
-  return arrivedAt + config.wechatTimeoutMs - Math.ceil(config.replyMarginMs / 4);
+  return arrivedAt + config.wechatTimeoutMs - Math.ceil(config.replyMarginMs / 2);
 }
 
 /** How long one attempt may wait: the first uses WeChat's whole window, retries the configured share of it. */
