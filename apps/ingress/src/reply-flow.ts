@@ -146,21 +146,13 @@ async function settleAttempt(
 ): Promise<Outcome> {
   const tr = messagesFor(ref.account);
   let result = await deps.waiter.take(ref.jobId, deadline, opts);
-  if (last) {
-    const { progress, notAfter } = last;
-    const handoff = async () => (progress.handoff ??= (await pushesAllowed(deps, ref.account)) ? 'push' : 'wait');
-    const follower = { account: ref.account.id, openId: ref.openId };
-    if (result.state === '') {
-      const mode = opts.signal?.aborted ? 'handoff' : 'last';
-      result = await deps.store.settle(ref.jobId, mode, await handoff(), { follower, notAfter });
-    }
-    if (result.won && result.state === 'passive' && opts.signal?.aborted) {
-      // Granted while the request went away (or the route's cap answered): no reply can carry it
-      // now, and no retry comes after the last attempt to repeat it.
-      result = await deps.store.settle(ref.jobId, 'reclaim', await handoff(), { follower });
-    }
+  if (last) result = await settleLast(deps, ref, last, result, opts.signal);
+  if (result.answer && result.state === 'passive') {
+    const outcome = await deliver(deps, ref, result);
+    // The route's cap may have answered while the rest was handed on: then this reply never leaves.
+    if (!last || !grantedToGone(result, opts.signal)) return outcome;
+    result = await settleLast(deps, ref, last, result, opts.signal);
   }
-  if (result.answer && result.state === 'passive') return deliver(deps, ref, result);
   // Handed over (here, by a sweep, or by an earlier last attempt): tell the follower how it comes.
   if (result.state === 'push') {
     if (result.won && result.answer) await pushHandedOver(deps, ref);
@@ -169,6 +161,32 @@ async function settleAttempt(
   if (result.state === 'wait') return textReply(tr('continueWaiting', { left: ref.account.maxContinueCount }));
   if (result.state !== '') return { kind: 'success' };
   return { kind: 'retry' };
+}
+
+/**
+ * The last attempt takes the answer or hands it over, atomically. A passive grant to a request
+ * that went away (WeChat hung up, or the route's cap answered) is handed over after all: no
+ * retry comes after the last attempt to repeat it.
+ */
+async function settleLast(
+  deps: ReplyFlowDeps,
+  ref: AnswerRef,
+  { progress, notAfter }: { notAfter: number; progress: AttemptProgress },
+  result: SettleResult,
+  signal: AbortSignal | undefined,
+): Promise<SettleResult> {
+  const handoff = async () => (progress.handoff ??= (await pushesAllowed(deps, ref.account)) ? 'push' : 'wait');
+  const follower = { account: ref.account.id, openId: ref.openId };
+  if (result.state === '') {
+    result = await deps.store.settle(ref.jobId, signal?.aborted ? 'handoff' : 'last', await handoff(), { follower, notAfter });
+  }
+  if (grantedToGone(result, signal)) result = await deps.store.settle(ref.jobId, 'reclaim', await handoff(), { follower });
+  return result;
+}
+
+/** True when this request won the answer but can no longer reply with it. */
+function grantedToGone(result: SettleResult, signal: AbortSignal | undefined): boolean {
+  return result.won && (result.state === 'passive' || result.state === 'fetched') && signal?.aborted === true;
 }
 
 /** Enqueues the push of an answer this attempt handed over, then drops its due entry (kept until now, see SETTLE_LUA). */
@@ -207,11 +225,14 @@ async function fetchPending(
   const deadline = waits ? arrivedAt + deps.config.wechatTimeoutMs - deps.config.replyMarginMs : arrivedAt;
   let result = await deps.waiter.take(jobId, deadline, { signal, mode: 'fetch' });
   log.info({ jobId, count, state: result.state }, 'follower asked for the pending answer');
-  if (result.won && result.state === 'fetched' && signal?.aborted) {
-    // The `1`'s request is gone: put the answer back for the next `1`.
-    result = await deps.store.settle(jobId, 'reclaim', 'wait', { follower: { account: account.id, openId: ref.openId } });
+  // The `1`'s request is gone (before or while the reply was made): put the answer back for the next `1`.
+  const reclaim = () => deps.store.settle(jobId, 'reclaim', 'wait', { follower: { account: account.id, openId: ref.openId } });
+  if (grantedToGone(result, signal)) result = await reclaim();
+  if (result.answer && result.state === 'fetched' && result.won) {
+    const outcome = await deliver(deps, ref, result);
+    if (!grantedToGone(result, signal)) return counted(outcome);
+    result = await reclaim();
   }
-  if (result.answer && result.state === 'fetched' && result.won) return counted(await deliver(deps, ref, result));
   if (result.state === 'fetched') return counted(await nextPart(deps, ref));
   const left = account.maxContinueCount - Math.min(count, account.maxContinueCount);
   return { ...textReply(waits && left > 0 ? tr('continueWaiting', { left }) : tr('stillComing')), attempt };
