@@ -28,6 +28,17 @@ describe('DeliveryStore', () => {
     expect(await redis.zrange(store.orderKey('acc', 'o_user'), 0, -1)).toEqual(['job-a']);
   });
 
+  it('a silent event is counted like an attempt but opens no push allowance', async () => {
+    const them = { account: 'acc', openId: 'o_silent', queued: false };
+    await store.recordAttempt('msg-before', them);
+    await store.setPushQuota('acc', 'o_silent', 0);
+    expect(await store.recordAttempt('view-1', { ...them, opensAllowance: false })).toMatchObject({ attempt: 1 });
+    expect(await store.recordAttempt('view-1', { ...them, opensAllowance: false })).toMatchObject({ attempt: 2 });
+    expect((await store.usePushQuota('acc', 'o_silent')).ok).toBe(false);
+    await store.recordAttempt('clear-1', them);
+    expect((await store.usePushQuota('acc', 'o_silent')).ok).toBe(true);
+  });
+
   it("orders a follower's line by Redis's clock, not by the replicas' clocks", async () => {
     const them = { account: 'acc', openId: 'o_skewed', queued: true };
     // The second message reached a replica whose clock is 8 s behind the first one's.
