@@ -121,8 +121,13 @@ describe("delivery across WeChat's retries (1 s window)", () => {
   it('processes a burst of three messages from one follower one at a time, in order, in one conversation, without holding up others', async () => {
     const openId = 'o_burst';
     const queries = [slowQuery('one', 300), slowQuery('two', 300), slowQuery('three', 300)];
-    const msgIds = queries.map(() => nextMsgId());
-    const deliveries = queries.map((q, i) => send('wait', openId, q, msgIds[i]).delivery);
+    // Message ids in the opposite order of the sends, a few ms apart: the line follows arrival.
+    const msgIds = queries.map(() => nextMsgId()).reverse();
+    const deliveries = [];
+    for (const [i, q] of queries.entries()) {
+      deliveries.push(send('wait', openId, q, msgIds[i]).delivery);
+      await new Promise((r) => setTimeout(r, 5));
+    }
     await new Promise((r) => setTimeout(r, 50));
     const other = send('wait', 'o_bystander', slowQuery('bystander', 0)).delivery;
     const results = await Promise.all([...deliveries, other]);

@@ -7,6 +7,7 @@ import { uniquePrefix } from './helpers/prefix.js';
 const answer = (text: string): StoredAnswer => ({ parts: [{ type: 'text', text }], readyAt: Date.now() });
 const follower = { account: 'acc', openId: 'o_user', queued: true };
 const finish = { account: 'acc', openId: 'o_user', dueAfterMs: 16_500 };
+const who = { follower: { account: 'acc', openId: 'o_user' } };
 
 describe('DeliveryStore', () => {
   let redis: Redis;
@@ -24,7 +25,28 @@ describe('DeliveryStore', () => {
     expect(a).toEqual({ attempt: 1, firstAt: 1000, state: '' });
     expect(b).toEqual({ attempt: 2, firstAt: 1000, state: '' });
     // The message took its place in its follower's line at its first arrival, once.
-    expect(await redis.zrange(store.orderKey('acc', 'o_user'), 0, -1, 'WITHSCORES')).toEqual(['job-a', '1000']);
+    expect(await redis.zrange(store.orderKey('acc', 'o_user'), 0, -1)).toEqual(['job-a']);
+  });
+
+  it('a silent event is counted like an attempt but opens no push allowance', async () => {
+    const them = { account: 'acc', openId: 'o_silent', queued: false };
+    await store.recordAttempt('msg-before', them);
+    await store.setPushQuota('acc', 'o_silent', 0);
+    expect(await store.recordAttempt('view-1', { ...them, opensAllowance: false })).toMatchObject({ attempt: 1 });
+    expect(await store.recordAttempt('view-1', { ...them, opensAllowance: false })).toMatchObject({ attempt: 2 });
+    expect((await store.usePushQuota('acc', 'o_silent')).ok).toBe(false);
+    await store.recordAttempt('clear-1', them);
+    expect((await store.usePushQuota('acc', 'o_silent')).ok).toBe(true);
+  });
+
+  it("orders a follower's line by Redis's clock, not by the replicas' clocks", async () => {
+    const them = { account: 'acc', openId: 'o_skewed', queued: true };
+    // The second message reached a replica whose clock is 8 s behind the first one's.
+    await store.recordAttempt('skew-1', them, 9000);
+    await store.recordAttempt('skew-2', them, 1000);
+    expect(await redis.zrange(store.orderKey('acc', 'o_skewed'), 0, -1)).toEqual(['skew-1', 'skew-2']);
+    // `first` (deadlines are measured from it) keeps the replica's clock.
+    expect((await store.peek('skew-2')).firstAt).toBe(1000);
   });
 
   it('lets an open attempt take a stored answer, and a retry repeat it', async () => {
@@ -44,7 +66,7 @@ describe('DeliveryStore', () => {
   });
 
   it('lets `1` fetch an answer that waits for it, once', async () => {
-    await store.settle('job-d', 'last', 'wait');
+    await store.settle('job-d', 'last', 'wait', who);
     expect(await store.settle('job-d', 'fetch')).toMatchObject({ state: 'wait', answer: undefined, won: false });
     await store.saveAnswer('job-d', answer('for 1'), finish);
     expect(await store.settle('job-d', 'fetch')).toMatchObject({ state: 'fetched', won: true });
@@ -60,6 +82,56 @@ describe('DeliveryStore', () => {
     expect(await redis.zscore(store.dueKey, 'job-f')).toBeNull();
     // Storing the answer ended the job's turn in its follower's line.
     expect(await redis.zscore(store.orderKey('acc', 'o_user'), 'job-f')).toBeNull();
+  });
+
+  it('a hand-over to wait enters the pending set in the same step; `1` serves the oldest pending answer until it is fully delivered', async () => {
+    const them = { account: 'acc', openId: 'o_pending', queued: true };
+    const whom = { follower: { account: 'acc', openId: 'o_pending' } };
+    for (const id of ['pend-b', 'pend-c']) await store.recordAttempt(id, them);
+    // C is handed over first: the set still serves B (earlier in line) first.
+    await store.settle('pend-c', 'last', 'wait', whom);
+    await store.settle('pend-b', 'last', 'wait', whom);
+    expect(await redis.zrange(store.pendingKey('acc', 'o_pending'), 0, -1)).toEqual(['pend-b', 'pend-c']);
+    expect(await store.getPending('acc', 'o_pending')).toBe('pend-b');
+    await store.saveAnswer('pend-b', answer('b'), { ...finish, openId: 'o_pending' });
+    expect(await store.settle('pend-b', 'fetch')).toMatchObject({ state: 'fetched', won: true });
+    // B went out whole: the next `1` is for C; B's entry is dropped on the way.
+    expect(await store.getPending('acc', 'o_pending')).toBe('pend-c');
+    expect(await redis.zrange(store.pendingKey('acc', 'o_pending'), 0, -1)).toEqual(['pend-c']);
+    // An entry whose state expired (48 h) is dropped too.
+    await redis.del(store.key('pend-c'));
+    expect(await store.getPending('acc', 'o_pending')).toBeUndefined();
+  });
+
+  it('keeps the due entry of a push hand-over (re-scored) until the push job is enqueued', async () => {
+    await store.recordAttempt('due-push', follower, Date.now());
+    await store.saveAnswer('due-push', answer('p'), finish);
+    const before = Date.now();
+    expect(await store.settle('due-push', 'handoff', 'push', who)).toMatchObject({ state: 'push', won: true, answer: { parts: [{ text: 'p' }] } });
+    const score = Number(await redis.zscore(store.dueKey, 'due-push'));
+    expect(score).toBeGreaterThan(before + 5000);
+    // A sweep after that time sees it handed over, with its answer: it enqueues the push again (idempotent) and drops it.
+    expect(await store.settle('due-push', 'handoff', 'push', who)).toMatchObject({ state: 'push', won: false, answer: { parts: [{ text: 'p' }] } });
+  });
+
+  it('refuses a passive take past notAfter (Redis clock): take takes nothing, last hands over', async () => {
+    await store.saveAnswer('late-take', answer('late'), finish);
+    const past = Date.now() - 1;
+    expect(await store.settle('late-take', 'take', '', { notAfter: past })).toMatchObject({ state: '', won: false });
+    expect(await store.settle('late-take', 'last', 'wait', { ...who, notAfter: past })).toMatchObject({ state: 'wait', won: true });
+    expect(await redis.zscore(store.pendingKey('acc', 'o_user'), 'late-take')).not.toBeNull();
+    expect(await store.settle('late-take', 'fetch', '', { notAfter: past })).toMatchObject({ state: 'wait', won: false });
+    await store.saveAnswer('in-time', answer('ok'), finish);
+    expect(await store.settle('in-time', 'last', 'wait', { ...who, notAfter: Date.now() + 1000 })).toMatchObject({ state: 'passive', won: true });
+  });
+
+  it('hands a passive take whose reply could not leave over after all (reclaim)', async () => {
+    await store.saveAnswer('reclaimed', answer('r'), finish);
+    await store.settle('reclaimed', 'last', 'wait', who);
+    expect(await store.settle('reclaimed', 'reclaim', 'wait', who)).toMatchObject({ state: 'wait', won: true });
+    expect((await store.peek('reclaimed')).next).toBe(0);
+    expect(await redis.zscore(store.pendingKey('acc', 'o_user'), 'reclaimed')).not.toBeNull();
+    expect(await store.settle('reclaimed', 'fetch')).toMatchObject({ state: 'fetched', won: true });
   });
 
   it('a late hand-over does not override an answer already delivered passively', async () => {
@@ -116,7 +188,7 @@ describe('DeliveryStore', () => {
     for (let i = 0; i < 300; i++) {
       const id = `race-${mode}-${i}`;
       const [last, finished] = await Promise.all([
-        jitter().then(() => store.settle(id, 'last', mode)),
+        jitter().then(() => store.settle(id, 'last', mode, who)),
         jitter().then(() => worker.saveAnswer(id, answer(`a${i}`), finish).then((r) => r.state)),
       ]);
       const passive = last.state === 'passive' && last.answer !== undefined;

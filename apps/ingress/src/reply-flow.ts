@@ -18,9 +18,12 @@ import {
 } from '@wxdify/core';
 import type { AnswerWaiter, TakeOptions } from './answer-waiter.js';
 
-/** What the ingress answers WeChat: a passive reply, `success`, or a failure that makes WeChat retry. */
+/**
+ * What the ingress answers WeChat: a passive reply, `success`, or a failure that makes WeChat retry.
+ * `path`: how an answer reached the follower (`part`: a later part of one already delivered).
+ */
 export type Outcome = (
-  | { kind: 'reply'; part: AnswerPart; path?: 'passive' | 'fetched' }
+  | { kind: 'reply'; part: AnswerPart; path?: 'passive' | 'fetched' | 'part' }
   | { kind: 'success' }
   | { kind: 'retry' }
 ) & {
@@ -29,6 +32,13 @@ export type Outcome = (
   /** When the message first arrived (ms), for the latency of its answer. */
   firstAt?: number;
 };
+
+/** What an attempt learnt so far, for the route's hard cap to answer with when Redis is slow. */
+export interface AttemptProgress {
+  attempt?: number;
+  /** Where the last attempt hands the answer over, once known. */
+  handoff?: 'push' | 'wait';
+}
 
 export interface ReplyFlowDeps {
   config: Config;
@@ -43,7 +53,7 @@ export interface ReplyFlowDeps {
 const SILENT_EVENTS = new Set(['unsubscribe', 'VIEW', 'LOCATION', 'TEMPLATESENDJOBFINISH', 'MASSSENDJOBFINISH']);
 const CLEAR_KEY = 'CLEAR_CONTEXT';
 /** WeChat delivers a message at most three times. */
-const LAST_ATTEMPT = 3;
+export const LAST_ATTEMPT = 3;
 
 /**
  * Decides the answer to one WeChat attempt. `arrivedAt` is when this request reached us: every
@@ -56,19 +66,23 @@ export async function answerAttempt(
   arrivedAt: number,
   log: Logger,
   signal?: AbortSignal,
+  progress: AttemptProgress = {},
 ): Promise<Outcome> {
   const tr = messagesFor(account);
-  if (message.kind === 'event' && SILENT_EVENTS.has(message.event)) return { kind: 'success' };
+  if (message.kind === 'event' && SILENT_EVENTS.has(message.event)) {
+    // Counted like an attempt so WeChat's retries of it are not new messages; it opens no push allowance.
+    return { kind: 'success', attempt: await countAttempt(deps, account, message, arrivedAt, false) };
+  }
   if (isClearCommand(message)) {
-    // Every follower message opens a fresh allowance of customer-service pushes (attempts do it in their script).
-    await deps.store.resetPushQuota(account.id, message.fromUserName);
+    // Every follower message opens a fresh allowance of customer-service pushes (in the attempt script).
+    const attempt = await countAttempt(deps, account, message, arrivedAt, true);
     await deps.conversations.clear(account.id, message.fromUserName);
     log.info('conversation cleared');
-    return textReply(tr('cleared'));
+    return { ...textReply(tr('cleared')), attempt };
   }
   if (message.kind === 'event' && message.event === 'subscribe' && account.welcomeMessage) {
-    await deps.store.resetPushQuota(account.id, message.fromUserName);
-    return textReply(account.welcomeMessage);
+    const attempt = await countAttempt(deps, account, message, arrivedAt, true);
+    return { ...textReply(account.welcomeMessage), attempt };
   }
   if (isContinueCommand(message)) {
     const pending = await deps.store.getPending(account.id, message.fromUserName);
@@ -77,7 +91,13 @@ export async function answerAttempt(
       if (outcome) return outcome;
     }
   }
-  return answerMessage(deps, account, message, arrivedAt, log, signal);
+  return answerMessage(deps, account, message, arrivedAt, log, signal, progress);
+}
+
+/** Records one of WeChat's attempts at a message that does not go to Dify; returns its number. */
+async function countAttempt(deps: ReplyFlowDeps, account: AccountConfig, message: InboundMessage, arrivedAt: number, opensAllowance: boolean) {
+  const follower = { account: account.id, openId: message.fromUserName, queued: false, opensAllowance };
+  return (await deps.store.recordAttempt(messageJobId(account.id, message), follower, arrivedAt)).attempt;
 }
 
 /** An answer job as seen from one follower's conversation. */
@@ -94,14 +114,17 @@ async function answerMessage(
   message: InboundMessage,
   arrivedAt: number,
   log: Logger,
-  signal?: AbortSignal,
+  signal: AbortSignal | undefined,
+  progress: AttemptProgress,
 ): Promise<Outcome> {
   const ref: AnswerRef = { account, openId: message.fromUserName, jobId: messageJobId(account.id, message) };
   const follower = { account: account.id, openId: ref.openId, queued: true };
   const { attempt, firstAt, state } = await deps.store.recordAttempt(ref.jobId, follower, arrivedAt);
+  progress.attempt = attempt;
   log.debug({ jobId: ref.jobId, attempt }, 'attempt');
   const deadline = attemptDeadline(deps.config, account, attempt, arrivedAt);
-  const outcome = await settleAttempt(deps, ref, attempt >= LAST_ATTEMPT, deadline, {
+  const last = attempt >= LAST_ATTEMPT;
+  const outcome = await settleAttempt(deps, ref, last ? { notAfter: replyNotAfter(deps.config, arrivedAt), progress } : undefined, deadline, {
     signal,
     // Adding is idempotent (the job id): a retry on any replica, or after a crash, attaches to the same job.
     onRegistered: state === '' ? () => enqueue(deps, account, message, ref.jobId, firstAt) : undefined,
@@ -110,23 +133,66 @@ async function answerMessage(
   return { ...outcome, attempt, firstAt };
 }
 
-/** Waits for the answer until `deadline`; on the last attempt, takes it or hands it over in one atomic step. */
-async function settleAttempt(deps: ReplyFlowDeps, ref: AnswerRef, last: boolean, deadline: number, opts: TakeOptions): Promise<Outcome> {
+/**
+ * Waits for the answer until `deadline`; on the last attempt (`last` set), takes it or hands it
+ * over in one atomic step. A request WeChat already dropped never takes the answer passively.
+ */
+async function settleAttempt(
+  deps: ReplyFlowDeps,
+  ref: AnswerRef,
+  last: { notAfter: number; progress: AttemptProgress } | undefined,
+  deadline: number,
+  opts: TakeOptions,
+): Promise<Outcome> {
   const tr = messagesFor(ref.account);
-  const result = await deps.waiter.take(ref.jobId, deadline, opts);
-  if (result.answer && result.state === 'passive') return deliver(deps, ref, result);
-  if (result.state !== '') return { kind: 'success' };
-  if (!last) return { kind: 'retry' };
-
-  const handoff = (await pushesAllowed(deps, ref.account)) ? 'push' : 'wait';
-  const settled = await deps.store.settle(ref.jobId, 'last', handoff);
-  if (settled.answer && settled.state === 'passive') return deliver(deps, ref, settled);
-  if (settled.state === 'push') return textReply(tr('timeout'));
-  if (settled.state === 'wait') {
-    await deps.store.setPending(ref.account.id, ref.openId, ref.jobId);
-    return textReply(tr('continueWaiting', { left: ref.account.maxContinueCount }));
+  let result = await deps.waiter.take(ref.jobId, deadline, opts);
+  if (last) result = await settleLast(deps, ref, last, result, opts.signal);
+  if (result.answer && result.state === 'passive') {
+    const outcome = await deliver(deps, ref, result);
+    // The route's cap may have answered while the rest was handed on: then this reply never leaves.
+    if (!last || !grantedToGone(result, opts.signal)) return outcome;
+    result = await settleLast(deps, ref, last, result, opts.signal);
   }
-  return { kind: 'success' };
+  // Handed over (here, by a sweep, or by an earlier last attempt): tell the follower how it comes.
+  if (result.state === 'push') {
+    if (result.won && result.answer) await pushHandedOver(deps, ref);
+    return textReply(tr('timeout'));
+  }
+  if (result.state === 'wait') return textReply(tr('continueWaiting', { left: ref.account.maxContinueCount }));
+  if (result.state !== '') return { kind: 'success' };
+  return { kind: 'retry' };
+}
+
+/**
+ * The last attempt takes the answer or hands it over, atomically. A passive grant to a request
+ * that went away (WeChat hung up, or the route's cap answered) is handed over after all: no
+ * retry comes after the last attempt to repeat it.
+ */
+async function settleLast(
+  deps: ReplyFlowDeps,
+  ref: AnswerRef,
+  { progress, notAfter }: { notAfter: number; progress: AttemptProgress },
+  result: SettleResult,
+  signal: AbortSignal | undefined,
+): Promise<SettleResult> {
+  const handoff = async () => (progress.handoff ??= (await pushesAllowed(deps, ref.account)) ? 'push' : 'wait');
+  const follower = { account: ref.account.id, openId: ref.openId };
+  if (result.state === '') {
+    result = await deps.store.settle(ref.jobId, signal?.aborted ? 'handoff' : 'last', await handoff(), { follower, notAfter });
+  }
+  if (grantedToGone(result, signal)) result = await deps.store.settle(ref.jobId, 'reclaim', await handoff(), { follower });
+  return result;
+}
+
+/** True when this request won the answer but can no longer reply with it. */
+function grantedToGone(result: SettleResult, signal: AbortSignal | undefined): boolean {
+  return result.won && (result.state === 'passive' || result.state === 'fetched') && signal?.aborted === true;
+}
+
+/** Enqueues the push of an answer this attempt handed over, then drops its due entry (kept until now, see SETTLE_LUA). */
+async function pushHandedOver(deps: ReplyFlowDeps, ref: AnswerRef): Promise<void> {
+  await enqueuePush(deps.pushQueue, { account: ref.account.id, answerJobId: ref.jobId, openId: ref.openId }, 0);
+  await deps.store.dropDue(ref.jobId);
 }
 
 /**
@@ -149,18 +215,27 @@ async function fetchPending(
   // count only once against MAX_CONTINUE_COUNT.
   const follower = { account: account.id, openId: ref.openId, queued: false };
   const { attempt } = await deps.store.recordAttempt(messageJobId(account.id, message), follower, arrivedAt);
-  const { state } = await deps.store.peek(jobId);
-  if (state !== 'wait') return nextPart(deps, ref);
+  const { state, firstAt } = await deps.store.peek(jobId);
+  // `attempt` is this `1`'s (its retries are not new messages); `firstAt` the answered message's (its latency).
+  const counted = (outcome: Outcome | undefined) => outcome && { ...outcome, attempt, firstAt };
+  if (state !== 'wait') return counted(await nextPart(deps, ref));
 
   const count = attempt === 1 ? await deps.store.countContinue(jobId) : Number.MAX_SAFE_INTEGER;
   const waits = count <= account.maxContinueCount;
   const deadline = waits ? arrivedAt + deps.config.wechatTimeoutMs - deps.config.replyMarginMs : arrivedAt;
-  const result = await deps.waiter.take(jobId, deadline, { signal, mode: 'fetch' });
+  let result = await deps.waiter.take(jobId, deadline, { signal, mode: 'fetch' });
   log.info({ jobId, count, state: result.state }, 'follower asked for the pending answer');
-  if (result.answer && result.state === 'fetched' && result.won) return deliver(deps, ref, result);
-  if (result.state === 'fetched') return nextPart(deps, ref);
+  // The `1`'s request is gone (before or while the reply was made): put the answer back for the next `1`.
+  const reclaim = () => deps.store.settle(jobId, 'reclaim', 'wait', { follower: { account: account.id, openId: ref.openId } });
+  if (grantedToGone(result, signal)) result = await reclaim();
+  if (result.answer && result.state === 'fetched' && result.won) {
+    const outcome = await deliver(deps, ref, result);
+    if (!grantedToGone(result, signal)) return counted(outcome);
+    result = await reclaim();
+  }
+  if (result.state === 'fetched') return counted(await nextPart(deps, ref));
   const left = account.maxContinueCount - Math.min(count, account.maxContinueCount);
-  return textReply(waits && left > 0 ? tr('continueWaiting', { left }) : tr('stillComing'));
+  return { ...textReply(waits && left > 0 ? tr('continueWaiting', { left }) : tr('stillComing')), attempt };
 }
 
 /** Replies with the first part of a freshly taken answer; what follows is pushed or left for `1`. */
@@ -181,7 +256,8 @@ async function nextPart(deps: ReplyFlowDeps, ref: AnswerRef): Promise<Outcome | 
   if (!next || next.remaining === 0) await deps.store.clearPending(ref.account.id, ref.openId, ref.jobId);
   if (!next) return undefined;
   const part = next.remaining === 0 ? next.part : await handOverRest(deps, ref, next.part, next.index + 1, next.remaining);
-  return { kind: 'reply', part, path: 'fetched' };
+  // A later part of an answer that reached the follower already: not another answer delivered.
+  return { kind: 'reply', part, path: 'part' };
 }
 
 /**
@@ -204,6 +280,19 @@ async function handOverRest(
   }
   if (part.type !== 'text') return part;
   return { type: 'text', text: `${part.text}\n\n${messagesFor(ref.account)('moreParts', { count: remaining })}` };
+}
+
+/**
+ * The last moment (ms epoch, checked against Redis's clock) at which a passive take is granted:
+ * after the attempt's wait, with room for the reply to still leave within WeChat's window.
+ */
+export function replyNotAfter(config: Config, arrivedAt: number): number {
+  return arrivedAt + config.wechatTimeoutMs - Math.ceil((config.replyMarginMs * 3) / 4);
+}
+
+/** When the route answers whatever Redis does (after replyNotAfter, before WeChat cuts the request). */
+export function replyCap(config: Config, arrivedAt: number): number {
+  return arrivedAt + config.wechatTimeoutMs - Math.ceil(config.replyMarginMs / 2);
 }
 
 /** How long one attempt may wait: the first uses WeChat's whole window, retries the configured share of it. */

@@ -35,10 +35,14 @@ async function sweep({ config, store, pushQueue, logger }: Parameters<typeof sta
       continue;
     }
     const pushes = account.enableCustomMessage && !(await store.customServiceBlocked(account.id));
-    const result = await store.settle(jobId, 'handoff', pushes ? 'push' : 'wait');
-    if (!result.won) continue;
-    logger.info({ jobId, state: result.state }, 'answer handed over after the last attempt');
-    if (result.state === 'wait') await store.setPending(account.id, openId, jobId);
-    if (result.state === 'push') await enqueuePush(pushQueue, { account: account.id, answerJobId: jobId, openId }, 0);
+    // A hand-over to `wait` enters the follower's pending set in the same atomic step.
+    const result = await store.settle(jobId, 'handoff', pushes ? 'push' : 'wait', { follower: { account: account.id, openId } });
+    if (result.won) logger.info({ jobId, state: result.state }, 'answer handed over after the last attempt');
+    if (result.state === 'push' && result.answer) {
+      // The due entry stayed (re-scored) until now: whoever handed it over may have died before
+      // enqueuing the push. The push job id is idempotent, so enqueuing again is harmless.
+      await enqueuePush(pushQueue, { account: account.id, answerJobId: jobId, openId }, 0);
+    }
+    await store.dropDue(jobId);
   }
 }

@@ -4,6 +4,7 @@ import type { AnswerPart, StoredAnswer } from './queue.js';
 /**
  * Delivery state of one message, one Redis hash per answer job (`<prefix>:msg:<jobId>`):
  *   first  – ms when the first attempt arrived      att   – attempts seen so far
+ *   ord    – place in the follower's line (Redis's clock at the first arrival)
  *   ans    – the answer (JSON) once the worker has it
  *   state  – ''      open: WeChat attempts may still take the answer passively
  *            passive the answer went out in a passive reply (a retry may repeat it)
@@ -18,7 +19,14 @@ import type { AnswerPart, StoredAnswer } from './queue.js';
 export type DeliveryState = '' | 'passive' | 'push' | 'wait' | 'fetched';
 
 /** How a caller wants to settle: see SETTLE_LUA. */
-export type SettleMode = 'take' | 'last' | 'handoff' | 'fetch';
+export type SettleMode = 'take' | 'last' | 'handoff' | 'fetch' | 'reclaim';
+
+export interface SettleOptions {
+  /** Whose pending set a hand-over to `wait` enters (required for that hand-over). */
+  follower?: { account: string; openId: string };
+  /** Ms since epoch (Redis's clock) after which no passive take is granted: see SETTLE_LUA. */
+  notAfter?: number;
+}
 
 export interface SettleResult {
   state: DeliveryState;
@@ -34,54 +42,92 @@ export const PUSHES_PER_MESSAGE = 5;
 /** Keeps delivery state for 48 h: WeChat's customer-service window, and how long a `1` can fetch. */
 export const DELIVERY_TTL_S = 48 * 3600;
 
+/** A push hand-over keeps its due entry this long: if its push job was not enqueued by then, a sweep does it. */
+const PUSH_HANDOVER_GRACE_MS = 10_000;
+
 // KEYS: message hash, the follower's line (sorted set), the follower's push allowance.
-// ARGV: now, ttl, job id, allowance, '1' when the message goes to Dify (takes a place in line).
+// ARGV: now, ttl, job id, allowance ('' keeps it), '1' when the message goes to Dify (takes a place in line).
 // A follower message opens a fresh push allowance; its first arrival fixes its place in line.
+// The place (`ord`) comes from Redis's one clock, not from each replica's: replicas' clocks drift,
+// and a message sent later must not overtake one sent earlier. `first` (this replica's clock, for
+// the deadlines measured from it) is kept as it is. ms with a microsecond fraction, so a burst in
+// one millisecond still keeps its order.
 const ATTEMPT_LUA = `
 redis.call('HSETNX', KEYS[1], 'first', ARGV[1])
+local t = redis.call('TIME')
+redis.call('HSETNX', KEYS[1], 'ord', string.format('%.3f', tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000))
 local n = redis.call('HINCRBY', KEYS[1], 'att', 1)
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 local first = redis.call('HGET', KEYS[1], 'first')
 local st = redis.call('HGET', KEYS[1], 'state') or ''
 if ARGV[5] == '1' and st == '' and redis.call('HEXISTS', KEYS[1], 'ans') == 0 then
-  redis.call('ZADD', KEYS[2], 'NX', first, ARGV[3])
+  redis.call('ZADD', KEYS[2], 'NX', redis.call('HGET', KEYS[1], 'ord'), ARGV[3])
   redis.call('EXPIRE', KEYS[2], 86400)
 end
-redis.call('SET', KEYS[3], ARGV[4], 'EX', ARGV[2])
+if ARGV[4] ~= '' then redis.call('SET', KEYS[3], ARGV[4], 'EX', ARGV[2]) end
 return {n, first, st}
 `;
 
 // take:    an attempt is open; take the answer if it exists.
 // last:    the last attempt's deadline; take the answer, or hand over to ARGV[2] (push|wait).
-// handoff: WeChat's window is over and nobody took it; hand over to ARGV[2].
+// handoff: WeChat's window is over, or the request is gone; hand over to ARGV[2].
 // fetch:   the follower sent `1`; take the answer if it exists and is not delivered yet.
-// KEYS: message hash, the due set of answers no attempt took yet (see FINISH_LUA).
-// ARGV: mode, hand-over state (push|wait), job id.
+// reclaim: a passive take or fetch whose reply could not leave (WeChat hung up, or the route's
+//          hard cap answered first): hand the answer over to ARGV[2] after all.
+// KEYS: message hash, the due set of answers no attempt took yet (see FINISH_LUA), the follower's
+//       pending set (answers a `1` fetches, by place in line).
+// ARGV: mode, hand-over state (push|wait), job id, notAfter (ms epoch, '' for none), ttl, ms a
+//       push hand-over keeps its due entry.
+// notAfter bounds a passive take by Redis's clock: past it the reply could not reach WeChat in
+// time (a slow Redis, a long GC), so take/fetch take nothing and `last` hands over instead.
+// A hand-over to `wait` enters the pending set in the same step, so no crash can lose it. One to
+// `push` of an answer that exists keeps (re-scores) its due entry: the caller enqueues the push
+// job, then drops the entry; if it dies in between, a sweep finds the entry and enqueues it again
+// (push job ids are idempotent).
 const SETTLE_LUA = `
 local st = redis.call('HGET', KEYS[1], 'state') or ''
 local ans = redis.call('HGET', KEYS[1], 'ans')
 local mode = ARGV[1]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local late = ARGV[4] ~= '' and now > tonumber(ARGV[4])
 local function move(to, next)
   redis.call('HSET', KEYS[1], 'state', to)
   if next then redis.call('HSET', KEYS[1], 'next', next) end
   redis.call('ZREM', KEYS[2], ARGV[3])
 end
+local function handover(to)
+  redis.call('HSET', KEYS[1], 'state', to)
+  if to == 'wait' then
+    local ord = redis.call('HGET', KEYS[1], 'ord') or redis.call('HGET', KEYS[1], 'first') or now
+    redis.call('ZADD', KEYS[3], ord, ARGV[3])
+    redis.call('EXPIRE', KEYS[3], ARGV[5])
+    redis.call('ZREM', KEYS[2], ARGV[3])
+  elseif ans then
+    redis.call('ZADD', KEYS[2], now + tonumber(ARGV[6]), ARGV[3])
+  end
+  return {to, ans or '', 1}
+end
+if mode == 'reclaim' then
+  if st == 'passive' or st == 'fetched' then
+    redis.call('HDEL', KEYS[1], 'next')
+    return handover(ARGV[2])
+  end
+  return {st, ans or '', 0}
+end
 if st == '' then
-  if ans and (mode == 'take' or mode == 'last') then
+  if ans and (mode == 'take' or mode == 'last') and not late then
     move('passive', 1)
     return {'passive', ans, 1}
   end
-  if ans and mode == 'fetch' then
+  if ans and mode == 'fetch' and not late then
     move('fetched', 1)
     return {'fetched', ans, 1}
   end
-  if mode == 'last' or mode == 'handoff' then
-    move(ARGV[2], false)
-    return {ARGV[2], ans or '', 1}
-  end
+  if mode == 'last' or mode == 'handoff' then return handover(ARGV[2]) end
   return {'', '', 0}
 end
-if st == 'wait' and ans and mode == 'fetch' then
+if st == 'wait' and ans and mode == 'fetch' and not late then
   move('fetched', 1)
   return {'fetched', ans, 1}
 end
@@ -154,9 +200,10 @@ export class DeliveryStore {
   constructor(redis: RedisClient, prefix: string) {
     this.#redis = redis;
     this.#prefix = prefix;
-    this.#attempt = defineScript<[string, string, string, number, number, string, number, string], [number, string, string]>(
+    this.#attempt = defineScript<[string, string, string, number, number, string, number | '', string], [number, string, string]>(
       redis, 'wxdAttempt', 3, ATTEMPT_LUA);
-    this.#settle = defineScript<[string, string, string, string, string], [string, string, number]>(redis, 'wxdSettle', 2, SETTLE_LUA);
+    this.#settle = defineScript<[string, string, string, string, string, string, string, number, number], [string, string, number]>(
+      redis, 'wxdSettle', 3, SETTLE_LUA);
     this.#finish = defineScript<[string, string, string, string, number, string, string, string, number, number, string], [string, string]>(
       redis, 'wxdFinish', 3, FINISH_LUA);
     this.#claimPart = defineScript<[string], [number, string, number]>(redis, 'wxdClaimPart', 1, CLAIM_PART_LUA);
@@ -191,7 +238,7 @@ export class DeliveryStore {
    */
   async recordAttempt(
     jobId: string,
-    follower: { account: string; openId: string; queued: boolean },
+    follower: { account: string; openId: string; queued: boolean; opensAllowance?: boolean },
     now = Date.now(),
   ): Promise<{ attempt: number; firstAt: number; state: DeliveryState }> {
     const [attempt, first, state] = await this.#attempt(
@@ -201,15 +248,29 @@ export class DeliveryStore {
       now,
       DELIVERY_TTL_S,
       jobId,
-      PUSHES_PER_MESSAGE,
+      follower.opensAllowance === false ? '' : PUSHES_PER_MESSAGE,
       follower.queued ? '1' : '0',
     );
     return { attempt: Number(attempt), firstAt: Number(first), state: state as DeliveryState };
   }
 
   /** One atomic step of the state machine above. */
-  async settle(jobId: string, mode: SettleMode, handoffTo: 'push' | 'wait' | '' = ''): Promise<SettleResult> {
-    const [state, ans, won] = await this.#settle(this.key(jobId), this.dueKey, mode, handoffTo, jobId);
+  async settle(jobId: string, mode: SettleMode, handoffTo: 'push' | 'wait' | '' = '', opts: SettleOptions = {}): Promise<SettleResult> {
+    const { follower, notAfter } = opts;
+    if (handoffTo === 'wait' && !follower) throw new Error('a hand-over to wait needs the follower');
+    // Without a follower nothing enters a pending set; the key only has to share the prefix (one Cluster slot).
+    const pending = follower ? this.pendingKey(follower.account, follower.openId) : this.#followerKey('pend');
+    const [state, ans, won] = await this.#settle(
+      this.key(jobId),
+      this.dueKey,
+      pending,
+      mode,
+      handoffTo,
+      jobId,
+      notAfter === undefined ? '' : String(notAfter),
+      DELIVERY_TTL_S,
+      PUSH_HANDOVER_GRACE_MS,
+    );
     return { state: state as DeliveryState, answer: ans ? (JSON.parse(ans) as StoredAnswer) : undefined, won: won === 1 };
   }
 
@@ -304,24 +365,46 @@ export class DeliveryStore {
     return this.#redis.hincrby(this.key(jobId), 'cont', 1);
   }
 
-  #followerKey(kind: string, account: string, openId: string): string {
-    return redisKey(this.#prefix, kind, account, openId);
+  #followerKey(kind: string, ...follower: string[]): string {
+    return redisKey(this.#prefix, kind, ...follower);
   }
 
-  /** Remembers the answer a follower's `1` should fetch (pending, or with parts still to deliver). */
+  /**
+   * A follower's pending answers (sorted set, by place in line): answers handed over for `1`, and
+   * answers with parts still to deliver. A `1` serves the oldest; each stays until fully delivered
+   * (or its state expired, 48 h), so a burst of late answers all stay reachable.
+   */
+  pendingKey(account: string, openId: string): string {
+    return this.#followerKey('pend', account, openId);
+  }
+
+  /** Adds an answer to the follower's pending set, at its place in line (a no-op when it is there). */
   async setPending(account: string, openId: string, jobId: string): Promise<void> {
-    await this.#redis.set(this.#followerKey('pend', account, openId), jobId, 'EX', DELIVERY_TTL_S);
+    const [ord, first] = await this.#redis.hmget(this.key(jobId), 'ord', 'first');
+    const key = this.pendingKey(account, openId);
+    await this.#redis.zadd(key, 'NX', ord ?? first ?? Date.now(), jobId);
+    await this.#redis.expire(key, DELIVERY_TTL_S);
   }
 
-  /** The answer a `1` from this follower fetches, if any. */
+  /**
+   * The answer a `1` from this follower fetches: the oldest pending one not fully delivered.
+   * Entries found fully delivered or expired on the way are dropped (dropping is idempotent).
+   */
   async getPending(account: string, openId: string): Promise<string | undefined> {
-    return (await this.#redis.get(this.#followerKey('pend', account, openId))) ?? undefined;
+    const key = this.pendingKey(account, openId);
+    for (const jobId of await this.#redis.zrange(key, 0, 49)) {
+      const { state, answer, next } = await this.peek(jobId);
+      const gone = state === '' && answer === undefined;
+      const delivered = state !== '' && state !== 'wait' && answer !== undefined && next >= answer.parts.length;
+      if (!gone && !delivered) return jobId;
+      await this.#redis.zrem(key, jobId);
+    }
+    return undefined;
   }
 
-  /** Forgets the pending answer once everything of it went out (only if it is still `jobId`). */
+  /** Drops an answer from the follower's pending set once everything of it went out. */
   async clearPending(account: string, openId: string, jobId: string): Promise<void> {
-    const key = this.#followerKey('pend', account, openId);
-    if ((await this.#redis.get(key)) === jobId) await this.#redis.del(key);
+    await this.#redis.zrem(this.pendingKey(account, openId), jobId);
   }
 
   /** A follower message that is not an attempt (`/clear`, `1`…) opens a fresh allowance of pushes for 48 h. */

@@ -7,6 +7,7 @@ import {
   checkSignature,
   decodeRequest,
   encodeReply,
+  messagesFor,
   verifyEcho,
   type AccountConfig,
   type DeliveryPath,
@@ -15,7 +16,7 @@ import {
   type Metrics,
 } from '@wxdify/core';
 import type { Context } from 'koa';
-import { answerAttempt, type Outcome, type ReplyFlowDeps } from '../reply-flow.js';
+import { LAST_ATTEMPT, answerAttempt, replyCap, type AttemptProgress, type Outcome, type ReplyFlowDeps } from '../reply-flow.js';
 
 /** WeChat bodies are a few KiB; CONTRACT.md refuses anything over 1 MiB with 413. */
 const BODY_LIMIT = 1024 * 1024;
@@ -43,12 +44,22 @@ export function createWeChatRouter(deps: ReplyFlowDeps & { metrics: Metrics }): 
     const body = await readBody(ctx, () => checkSignature(acct, query));
     const { message, encrypted } = decodeRequest(acct, query, body);
     const log = (ctx.state.log as Logger).child({ account: acct.id, msgId: message.msgId, msgType: message.msgType });
-    // WeChat hung up (cut at 5 s, or gone): stop waiting. Only then: an abort costs an exception.
+    // WeChat hung up (cut at 5 s, or gone), or the cap below answered: stop waiting, take nothing.
     const closed = new AbortController();
     ctx.res.once('close', () => {
       if (!ctx.res.writableFinished) closed.abort();
     });
-    const outcome = await answerAttempt(deps, acct, message, arrivedAt, log, closed.signal);
+    const progress: AttemptProgress = {};
+    const work = answerAttempt(deps, acct, message, arrivedAt, log, closed.signal, progress);
+    let outcome = await beforeCap(work, replyCap(deps.config, arrivedAt));
+    if (!outcome) {
+      // Redis (or something) is too slow: answer now, WeChat cuts the request soon. The attempt
+      // sees the abort and hands over whatever it is granted after this (reclaim, SETTLE_LUA).
+      closed.abort();
+      work.catch((err: unknown) => log.warn({ err }, 'attempt failed after the cap answered'));
+      outcome = cappedOutcome(acct, progress);
+      log.warn({ attempt: progress.attempt, ms: Date.now() - arrivedAt }, 'no outcome before the cap');
+    }
     respond(ctx, acct, message, encrypted, outcome);
     observe(deps.metrics, acct.id, message, outcome);
     log.info({ outcome: outcome.kind, attempt: outcome.attempt, ms: Date.now() - arrivedAt }, 'answered');
@@ -61,11 +72,36 @@ export function createWeChatRouter(deps: ReplyFlowDeps & { metrics: Metrics }): 
   return router;
 }
 
+/** The attempt's outcome, or undefined when `cap` (ms epoch) comes first. */
+async function beforeCap(work: Promise<Outcome>, cap: number): Promise<Outcome | undefined> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<undefined>((resolve) => (timer = setTimeout(() => resolve(undefined), Math.max(0, cap - Date.now()))));
+  try {
+    return await Promise.race([work, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/**
+ * What is known when the cap answers: a non-last attempt fails so WeChat retries; the last one
+ * says where the answer goes. Never the answer itself: no script granted it to this request.
+ */
+function cappedOutcome(account: AccountConfig, progress: AttemptProgress): Outcome {
+  const attempt = progress.attempt;
+  if (attempt === undefined || attempt < LAST_ATTEMPT) return { kind: 'retry', ...(attempt === undefined ? {} : { attempt }) };
+  const tr = messagesFor(account);
+  const handoff = progress.handoff ?? (account.enableCustomMessage ? 'push' : 'wait');
+  const text = handoff === 'push' ? tr('timeout') : tr('continueWaiting', { left: account.maxContinueCount });
+  return { kind: 'reply', part: { type: 'text', text }, attempt };
+}
+
 function observe(metrics: Metrics, account: string, message: InboundMessage, outcome: Outcome) {
   const attempt = outcome.attempt ?? 1;
   if (attempt === 1) metrics.messagesReceived.inc({ account, type: message.kind === 'event' ? `event:${message.event}` : message.kind });
   metrics.attempts.inc({ attempt: String(attempt), outcome: outcome.kind });
-  if (outcome.kind !== 'reply' || !outcome.path) return;
+  // A later part of a long answer (`1`) is not another answer delivered.
+  if (outcome.kind !== 'reply' || !outcome.path || outcome.path === 'part') return;
   const path: DeliveryPath = outcome.path === 'fetched' ? 'fetched' : (`passive_${Math.min(attempt, 3)}` as DeliveryPath);
   metrics.answersDelivered.inc({ account, path });
   if (outcome.firstAt) metrics.answerLatency.observe({ path }, (Date.now() - outcome.firstAt) / 1000);
