@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { stringify } from 'yaml';
-import { DeliveryStore, utf8Length } from '../packages/core/src/index.js';
+import { DeliveryStore, pushAllowanceFor, utf8Length } from '../packages/core/src/index.js';
 import { startFakeDify, type FakeDify } from './fakes/fake-dify.js';
 import { FakeWeChat } from './fakes/fake-wechat.js';
 import { AES_KEY, APP_ID, TOKEN, startStack, testEnv, type Stack } from './helpers/stack.js';
@@ -142,7 +142,7 @@ describe('pending answers and hand-overs (1 s window)', () => {
     const openId = 'o_crashed_sweeper';
     const jobId = `m~push~${openId}~${nextMsgId()}`;
     const store = new DeliveryStore(redis, stack.config.queuePrefix);
-    await store.recordAttempt(jobId, { account: 'push', openId, queued: false }, Date.now() - 20_000);
+    await store.recordAttempt(jobId, { account: 'push', openId, queued: false, allowance: pushAllowanceFor({ kind: 'text' }) }, Date.now() - 20_000);
     await store.saveAnswer(jobId, { parts: [{ type: 'text', text: 'survived' }], readyAt: Date.now() }, { account: 'push', openId, dueAfterMs: 16_500 });
     // A sweeper hands it over, then dies before enqueueing the push.
     expect(await store.settle(jobId, 'handoff', 'push', { follower: { account: 'push', openId } })).toMatchObject({ state: 'push', won: true });

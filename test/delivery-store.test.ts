@@ -1,11 +1,12 @@
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { DeliveryStore } from '../packages/core/src/delivery-store.js';
+import { DeliveryStore, pushAllowanceFor } from '../packages/core/src/delivery-store.js';
 import type { StoredAnswer } from '../packages/core/src/queue.js';
 import { uniquePrefix } from './helpers/prefix.js';
 
 const answer = (text: string): StoredAnswer => ({ parts: [{ type: 'text', text }], readyAt: Date.now() });
-const follower = { account: 'acc', openId: 'o_user', queued: true };
+const MESSAGE = pushAllowanceFor({ kind: 'text' });
+const follower = { account: 'acc', openId: 'o_user', queued: true, allowance: MESSAGE };
 const finish = { account: 'acc', openId: 'o_user', dueAfterMs: 16_500 };
 const who = { follower: { account: 'acc', openId: 'o_user' } };
 
@@ -29,18 +30,18 @@ describe('DeliveryStore', () => {
   });
 
   it('a silent event is counted like an attempt but opens no push allowance', async () => {
-    const them = { account: 'acc', openId: 'o_silent', queued: false };
+    const them = { account: 'acc', openId: 'o_silent', queued: false, allowance: MESSAGE };
     await store.recordAttempt('msg-before', them);
     await store.setPushQuota('acc', 'o_silent', 0);
-    expect(await store.recordAttempt('view-1', { ...them, opensAllowance: false })).toMatchObject({ attempt: 1 });
-    expect(await store.recordAttempt('view-1', { ...them, opensAllowance: false })).toMatchObject({ attempt: 2 });
+    expect(await store.recordAttempt('view-1', { ...them, allowance: pushAllowanceFor({ kind: 'event', event: 'VIEW' }) })).toMatchObject({ attempt: 1 });
+    expect(await store.recordAttempt('view-1', { ...them, allowance: pushAllowanceFor({ kind: 'event', event: 'VIEW' }) })).toMatchObject({ attempt: 2 });
     expect((await store.usePushQuota('acc', 'o_silent')).ok).toBe(false);
     await store.recordAttempt('clear-1', them);
     expect((await store.usePushQuota('acc', 'o_silent')).ok).toBe(true);
   });
 
   it("orders a follower's line by Redis's clock, not by the replicas' clocks", async () => {
-    const them = { account: 'acc', openId: 'o_skewed', queued: true };
+    const them = { account: 'acc', openId: 'o_skewed', queued: true, allowance: MESSAGE };
     // The second message reached a replica whose clock is 8 s behind the first one's.
     await store.recordAttempt('skew-1', them, 9000);
     await store.recordAttempt('skew-2', them, 1000);
@@ -85,7 +86,7 @@ describe('DeliveryStore', () => {
   });
 
   it('a hand-over to wait enters the pending set in the same step; `1` serves the oldest pending answer until it is fully delivered', async () => {
-    const them = { account: 'acc', openId: 'o_pending', queued: true };
+    const them = { account: 'acc', openId: 'o_pending', queued: true, allowance: MESSAGE };
     const whom = { follower: { account: 'acc', openId: 'o_pending' } };
     for (const id of ['pend-b', 'pend-c']) await store.recordAttempt(id, them);
     // C is handed over first: the set still serves B (earlier in line) first.
@@ -167,13 +168,39 @@ describe('DeliveryStore', () => {
     expect(await store.claimPart('job-rerun')).toMatchObject({ index: 1, part: { text: 'b' } });
   });
 
+  it('opens WeChat\'s allowance per trigger at a message\'s first arrival: 5 for 48 h per message, 3 for 1 min per menu click, follow or scan', async () => {
+    const them = { account: 'acc', openId: 'o_triggers', queued: true };
+    const quotaKey = `${prefix}:quota:acc:o_triggers`;
+    await store.recordAttempt('click-1', { ...them, allowance: pushAllowanceFor({ kind: 'event', event: 'CLICK' }) });
+    expect(await redis.get(quotaKey)).toBe('3');
+    expect(await redis.ttl(quotaKey)).toBeLessThanOrEqual(60);
+    await store.recordAttempt('text-1', { ...them, allowance: MESSAGE });
+    expect(await redis.get(quotaKey)).toBe('5');
+    expect(await redis.ttl(quotaKey)).toBeGreaterThan(47 * 3600);
+    // Pushes of an earlier answer used two; WeChat's retry of the same message gives nothing back.
+    await store.usePushQuota('acc', 'o_triggers');
+    await store.usePushQuota('acc', 'o_triggers');
+    await store.recordAttempt('text-1', { ...them, allowance: MESSAGE });
+    expect(await redis.get(quotaKey)).toBe('3');
+    for (const event of ['subscribe', 'SCAN', 'scancode_push']) expect(pushAllowanceFor({ kind: 'event', event })).toEqual({ count: 3, ttlS: 60 });
+    for (const event of ['VIEW', 'LOCATION', 'unsubscribe']) expect(pushAllowanceFor({ kind: 'event', event })).toBeUndefined();
+  });
+
+  it('an expired allowance allows no push and is not brought back as a key that never expires', async () => {
+    const key = `${prefix}:quota:acc:o_expired`;
+    expect(await store.usePushQuota('acc', 'o_expired')).toEqual({ ok: false, left: 0 });
+    await store.setPushQuota('acc', 'o_expired', 0);
+    expect(await redis.exists(key)).toBe(0);
+  });
+
   it('gives a failed push back to the allowance, never above WeChat\'s 5', async () => {
-    await store.resetPushQuota('acc', 'o_quota');
+    const open = () => store.recordAttempt(`quota-${Math.random()}`, { account: 'acc', openId: 'o_quota', queued: false, allowance: MESSAGE });
+    await open();
     await store.usePushQuota('acc', 'o_quota');
     await store.usePushQuota('acc', 'o_quota');
     await store.giveBackPush('acc', 'o_quota');
     expect(await store.usePushQuota('acc', 'o_quota')).toEqual({ ok: true, left: 3 });
-    await store.resetPushQuota('acc', 'o_quota');
+    await open();
     await store.giveBackPush('acc', 'o_quota');
     expect(await store.usePushQuota('acc', 'o_quota')).toEqual({ ok: true, left: 4 });
   });

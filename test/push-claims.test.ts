@@ -111,6 +111,19 @@ describe('customer-service pushes: claims, allowance, order, reruns, shutdown', 
     expect(wechat.textsTo(openId)).toEqual(['Echo: first', 'Echo: second']);
   });
 
+  it('a menu click allows 3 pushes (WeChat\'s allowance for a click), the third telling the follower to reply 1', async () => {
+    const openId = 'o_menu_click';
+    dify.enqueue({ name: 'normal', answer: longAnswer(5), delayMs: 3 * WINDOW + 500 });
+    const sim = stack.simulator('plain');
+    await sim.deliver(sim.messageXml(openId, { MsgType: 'event', Event: 'CLICK', EventKey: 'menu_news' }), WINDOW);
+    await eventually(() => pushesTo(openId).length === 3, 8000);
+    await sleep(1000);
+    const texts = pushesTo(openId).map((m) => m.text!.content);
+    expect(partNumbers(texts)).toEqual(['0', '1', '2']);
+    expect(texts[2]).toMatch(/reply 1/i);
+    expect(wechat.calls.filter((c) => c.path === SEND && c.body.touser === openId).map((c) => c.answer)).toEqual([0, 0, 0]);
+  });
+
   it('an answer job run again after it stored its answer does not ask Dify again, and the answer is pushed once', async () => {
     const openId = 'o_rerun';
     const query = slowQuery('rerun', 2900);

@@ -5,6 +5,7 @@ import {
   enqueuePush,
   messageJobId,
   messagesFor,
+  pushAllowanceFor,
   type AccountConfig,
   type AnswerJobData,
   type AnswerPart,
@@ -71,17 +72,17 @@ export async function answerAttempt(
   const tr = messagesFor(account);
   if (message.kind === 'event' && SILENT_EVENTS.has(message.event)) {
     // Counted like an attempt so WeChat's retries of it are not new messages; it opens no push allowance.
-    return { kind: 'success', attempt: await countAttempt(deps, account, message, arrivedAt, false) };
+    return { kind: 'success', attempt: await countAttempt(deps, account, message, arrivedAt) };
   }
   if (isClearCommand(message)) {
-    // Every follower message opens a fresh allowance of customer-service pushes (in the attempt script).
-    const attempt = await countAttempt(deps, account, message, arrivedAt, true);
+    // A follower message (or menu click) opens a fresh allowance of customer-service pushes (in the attempt script).
+    const attempt = await countAttempt(deps, account, message, arrivedAt);
     await deps.conversations.clear(account.id, message.fromUserName);
     log.info('conversation cleared');
     return { ...textReply(tr('cleared')), attempt };
   }
   if (message.kind === 'event' && message.event === 'subscribe' && account.welcomeMessage) {
-    const attempt = await countAttempt(deps, account, message, arrivedAt, true);
+    const attempt = await countAttempt(deps, account, message, arrivedAt);
     return { ...textReply(account.welcomeMessage), attempt };
   }
   if (isContinueCommand(message)) {
@@ -95,8 +96,8 @@ export async function answerAttempt(
 }
 
 /** Records one of WeChat's attempts at a message that does not go to Dify; returns its number. */
-async function countAttempt(deps: ReplyFlowDeps, account: AccountConfig, message: InboundMessage, arrivedAt: number, opensAllowance: boolean) {
-  const follower = { account: account.id, openId: message.fromUserName, queued: false, opensAllowance };
+async function countAttempt(deps: ReplyFlowDeps, account: AccountConfig, message: InboundMessage, arrivedAt: number) {
+  const follower = { account: account.id, openId: message.fromUserName, queued: false, allowance: pushAllowanceFor(message) };
   return (await deps.store.recordAttempt(messageJobId(account.id, message), follower, arrivedAt)).attempt;
 }
 
@@ -118,7 +119,7 @@ async function answerMessage(
   progress: AttemptProgress,
 ): Promise<Outcome> {
   const ref: AnswerRef = { account, openId: message.fromUserName, jobId: messageJobId(account.id, message) };
-  const follower = { account: account.id, openId: ref.openId, queued: true };
+  const follower = { account: account.id, openId: ref.openId, queued: true, allowance: pushAllowanceFor(message) };
   const { attempt, firstAt, state } = await deps.store.recordAttempt(ref.jobId, follower, arrivedAt);
   progress.attempt = attempt;
   log.debug({ jobId: ref.jobId, attempt }, 'attempt');
@@ -213,7 +214,7 @@ async function fetchPending(
   const ref: AnswerRef = { account, openId: message.fromUserName, jobId };
   // Recorded like an attempt: it opens a fresh push allowance, and WeChat's retries of this `1`
   // count only once against MAX_CONTINUE_COUNT.
-  const follower = { account: account.id, openId: ref.openId, queued: false };
+  const follower = { account: account.id, openId: ref.openId, queued: false, allowance: pushAllowanceFor(message) };
   const { attempt } = await deps.store.recordAttempt(messageJobId(account.id, message), follower, arrivedAt);
   const { state, firstAt } = await deps.store.peek(jobId);
   // `attempt` is this `1`'s (its retries are not new messages); `firstAt` the answered message's (its latency).

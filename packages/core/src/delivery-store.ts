@@ -42,12 +42,35 @@ export const PUSHES_PER_MESSAGE = 5;
 /** Keeps delivery state for 48 h: WeChat's customer-service window, and how long a `1` can fetch. */
 export const DELIVERY_TTL_S = 48 * 3600;
 
+/** The customer-service messages a trigger allows, and for how long (s). */
+export interface PushAllowance {
+  count: number;
+  ttlS: number;
+}
+
+/** Events that open a small allowance of their own (a menu click is not "a message" to WeChat). */
+const EVENT_ALLOWANCE_EVENTS = new Set(['CLICK', 'scancode_push', 'scancode_waitmsg', 'subscribe', 'SCAN']);
+const EVENT_ALLOWANCE: PushAllowance = { count: 3, ttlS: 60 };
+const MESSAGE_ALLOWANCE: PushAllowance = { count: PUSHES_PER_MESSAGE, ttlS: DELIVERY_TTL_S };
+
+/**
+ * What a follower's message or event allows in customer-service messages (WeChat's table,
+ * research/wechat.md §4.3): a message 5 within 48 h; a menu click, a follow or a QR scan 3 within
+ * 1 min; other events (VIEW, LOCATION, unsubscribe…) none, so they leave the allowance as it is.
+ */
+export function pushAllowanceFor(message: { kind: string; event?: string }): PushAllowance | undefined {
+  if (message.kind !== 'event') return MESSAGE_ALLOWANCE;
+  return message.event !== undefined && EVENT_ALLOWANCE_EVENTS.has(message.event) ? EVENT_ALLOWANCE : undefined;
+}
+
 /** A push hand-over keeps its due entry this long: if its push job was not enqueued by then, a sweep does it. */
 const PUSH_HANDOVER_GRACE_MS = 10_000;
 
 // KEYS: message hash, the follower's line (sorted set), the follower's push allowance.
-// ARGV: now, ttl, job id, allowance ('' keeps it), '1' when the message goes to Dify (takes a place in line).
-// A follower message opens a fresh push allowance; its first arrival fixes its place in line.
+// ARGV: now, ttl, job id, allowance ('' keeps it), '1' when the message goes to Dify (takes a place in line),
+//       how long the allowance lasts (s).
+// A follower message's first arrival opens a fresh push allowance (WeChat's retries of it do not:
+// pushes of an earlier answer may have used some since) and fixes its place in line.
 // The place (`ord`) comes from Redis's one clock, not from each replica's: replicas' clocks drift,
 // and a message sent later must not overtake one sent earlier. `first` (this replica's clock, for
 // the deadlines measured from it) is kept as it is. ms with a microsecond fraction, so a burst in
@@ -64,7 +87,7 @@ if ARGV[5] == '1' and st == '' and redis.call('HEXISTS', KEYS[1], 'ans') == 0 th
   redis.call('ZADD', KEYS[2], 'NX', redis.call('HGET', KEYS[1], 'ord'), ARGV[3])
   redis.call('EXPIRE', KEYS[2], 86400)
 end
-if ARGV[4] ~= '' then redis.call('SET', KEYS[3], ARGV[4], 'EX', ARGV[2]) end
+if ARGV[4] ~= '' and n == 1 then redis.call('SET', KEYS[3], ARGV[4], 'EX', ARGV[6]) end
 return {n, first, st}
 `;
 
@@ -157,6 +180,13 @@ redis.call('HSET', KEYS[1], 'next', ARGV[1])
 return 1
 `;
 
+// Uses one push of the follower's allowance; -1 when there is none. An allowance that expired is
+// not brought back as a key without a TTL (a bare DECR would create one).
+const USE_PUSH_LUA = `
+if not redis.call('GET', KEYS[1]) then return -1 end
+return redis.call('DECR', KEYS[1])
+`;
+
 // Gives back one push of the follower's allowance (a push that failed), never above ARGV[1].
 const GIVE_BACK_PUSH_LUA = `
 local left = tonumber(redis.call('GET', KEYS[1]) or '-1')
@@ -196,11 +226,12 @@ export class DeliveryStore {
   readonly #claimPart;
   readonly #giveBackPart;
   readonly #giveBackPush;
+  readonly #usePush;
 
   constructor(redis: RedisClient, prefix: string) {
     this.#redis = redis;
     this.#prefix = prefix;
-    this.#attempt = defineScript<[string, string, string, number, number, string, number | '', string], [number, string, string]>(
+    this.#attempt = defineScript<[string, string, string, number, number, string, number | '', string, number], [number, string, string]>(
       redis, 'wxdAttempt', 3, ATTEMPT_LUA);
     this.#settle = defineScript<[string, string, string, string, string, string, string, number, number], [string, string, number]>(
       redis, 'wxdSettle', 3, SETTLE_LUA);
@@ -209,6 +240,7 @@ export class DeliveryStore {
     this.#claimPart = defineScript<[string], [number, string, number]>(redis, 'wxdClaimPart', 1, CLAIM_PART_LUA);
     this.#giveBackPart = defineScript<[string, number], number>(redis, 'wxdGiveBackPart', 1, GIVE_BACK_PART_LUA);
     this.#giveBackPush = defineScript<[string, number], number>(redis, 'wxdGiveBackPush', 1, GIVE_BACK_PUSH_LUA);
+    this.#usePush = defineScript<[string], number>(redis, 'wxdUsePush', 1, USE_PUSH_LUA);
   }
 
   /** The hash key of a message's delivery state. */
@@ -232,13 +264,13 @@ export class DeliveryStore {
   }
 
   /**
-   * Counts a WeChat attempt (and opens the follower's fresh push allowance); returns its number
+   * Counts a WeChat attempt (the first one opens the trigger's push `allowance`); returns its number
    * (1-based), when the first one arrived, and the state. A message for Dify (`queued`) takes its
    * place in the follower's line at its first arrival.
    */
   async recordAttempt(
     jobId: string,
-    follower: { account: string; openId: string; queued: boolean; opensAllowance?: boolean },
+    follower: { account: string; openId: string; queued: boolean; allowance: PushAllowance | undefined },
     now = Date.now(),
   ): Promise<{ attempt: number; firstAt: number; state: DeliveryState }> {
     const [attempt, first, state] = await this.#attempt(
@@ -248,8 +280,9 @@ export class DeliveryStore {
       now,
       DELIVERY_TTL_S,
       jobId,
-      follower.opensAllowance === false ? '' : PUSHES_PER_MESSAGE,
+      follower.allowance?.count ?? '',
       follower.queued ? '1' : '0',
+      follower.allowance?.ttlS ?? 0,
     );
     return { attempt: Number(attempt), firstAt: Number(first), state: state as DeliveryState };
   }
@@ -407,14 +440,9 @@ export class DeliveryStore {
     await this.#redis.zrem(this.pendingKey(account, openId), jobId);
   }
 
-  /** A follower message that is not an attempt (`/clear`, `1`…) opens a fresh allowance of pushes for 48 h. */
-  async resetPushQuota(account: string, openId: string): Promise<void> {
-    await this.#redis.set(this.#followerKey('quota', account, openId), PUSHES_PER_MESSAGE, 'EX', DELIVERY_TTL_S);
-  }
-
-  /** Uses one push of the allowance; false when none is left (WeChat would answer 45047). */
+  /** Uses one push of the allowance; false when none is left (WeChat would answer 45047) or it expired. */
   async usePushQuota(account: string, openId: string): Promise<{ ok: boolean; left: number }> {
-    const left = await this.#redis.decr(this.#followerKey('quota', account, openId));
+    const left = await this.#usePush(this.#followerKey('quota', account, openId));
     return { ok: left >= 0, left: Math.max(0, left) };
   }
 
@@ -425,7 +453,8 @@ export class DeliveryStore {
 
   /** Marks the allowance spent (`0`) when WeChat says 45047. */
   async setPushQuota(account: string, openId: string, left: number): Promise<void> {
-    await this.#redis.set(this.#followerKey('quota', account, openId), left, 'KEEPTTL');
+    // XX: an allowance that expired stays gone rather than coming back without a TTL.
+    await this.#redis.set(this.#followerKey('quota', account, openId), left, 'KEEPTTL', 'XX');
   }
 
   /** Remembers that WeChat refused customer-service messages for this account (48001): use waiting mode. */
