@@ -44,9 +44,10 @@ export function createAnswerProcessor(deps: AnswerProcessorDeps) {
     const log = deps.logger.child({ jobId: job.id, account: account.id, msgId: job.data.message.msgId });
     // A rerun of a job that already stored its answer (it stalled, or a step after saving failed):
     // Dify is not asked again and the stored answer, perhaps half delivered, is kept; only the
-    // hand-over steps are done again (each is idempotent).
-    const stored = await store.peek(job.id!);
-    if (stored.answer) {
+    // hand-over steps are done again (each is idempotent). Only a job that ran before can have
+    // stored one, so its first run skips this read (one Redis round trip per message).
+    const stored = ranBefore(job) ? await store.peek(job.id!) : undefined;
+    if (stored?.answer) {
       log.warn({ state: stored.state }, 'answer already stored; redoing the hand-over only');
       await handOver(deps, job, account, stored.state, await store.lineHead(account.id, openId));
       return { parts: stored.answer.parts.length, state: stored.state };
@@ -80,6 +81,15 @@ export function createAnswerProcessor(deps: AnswerProcessorDeps) {
     log.info({ parts: parts.length, state }, 'answer ready');
     return { parts: parts.length, state };
   };
+}
+
+/**
+ * True unless this is the job's first run. BullMQ counts every start (`attemptsStarted`, also after
+ * a stall, a retry, or a `moveToDelayed` such as a parked turn); failures and stalls are checked
+ * too, in case an operator retried the job with its start count reset.
+ */
+function ranBefore(job: Job): boolean {
+  return job.attemptsStarted > 1 || job.attemptsMade > 0 || job.stalledCounter > 0;
 }
 
 /** After the answer is stored: wakes the follower's next job, and pushes the answer when WeChat's attempts gave up. */
