@@ -8,6 +8,7 @@ import {
   type AccountConfig,
   type AnswerJobData,
   type AnswerPart,
+  type ConversationRef,
   type ConversationStore,
   type DifyAnswer,
   type DifyClient,
@@ -40,6 +41,8 @@ interface AskContext {
   signal?: AbortSignal;
   /** Dify failures already counted in wxdify_dify_errors_total, try by try. */
   counted: WeakSet<AppError>;
+  /** The follower's conversation, when the caller read it once the job's turn came. */
+  conversation?: ConversationRef | undefined;
 }
 
 /**
@@ -54,10 +57,11 @@ export async function askDify(
   job: Job<AnswerJobData>,
   log: Logger,
   signal?: AbortSignal,
+  conversation?: ConversationRef,
 ): Promise<AnswerPart[]> {
   const tr = messagesFor(account);
   const mayRetry = job.attemptsMade + 1 < (job.opts.attempts ?? 1);
-  const ctx: AskContext = { deps, account, tr, log, mayRetry, counted: new WeakSet(), ...(signal ? { signal } : {}) };
+  const ctx: AskContext = { deps, account, tr, log, mayRetry, counted: new WeakSet(), conversation, ...(signal ? { signal } : {}) };
   try {
     return await answer(ctx, job.data.message);
   } catch (err) {
@@ -86,7 +90,7 @@ async function answer(ctx: AskContext, message: InboundMessage): Promise<AnswerP
   const files: DifyFileInput[] | undefined = request.imageUrl && (await dify.acceptsImages())
     ? [{ type: 'image', transfer_method: 'remote_url', url: request.imageUrl }]
     : undefined;
-  const conversation = await deps.conversations.get(account.id, message.fromUserName);
+  const conversation = ctx.conversation ?? (await deps.conversations.get(account.id, message.fromUserName));
   const prefetch = wechat ? new ImagePrefetch({ difyOrigin: new URL(account.difyApiBaseUrl).origin, ...(signal ? { signal } : {}) }) : undefined;
   const reply = await dify.ask({
     query: request.query,

@@ -20,14 +20,23 @@ export class UserTurns {
     this.#queue = queue;
   }
 
-  /** Returns when it is `job`'s turn; otherwise parks the job and throws DelayedError (BullMQ's "not now"). */
-  async acquire(job: Job<AnswerJobData>, token: string | undefined): Promise<void> {
+  /**
+   * Returns when it is `job`'s turn, with what `read` gives as of then; otherwise parks the job and
+   * throws DelayedError (BullMQ's "not now"). `read` (on the same Redis connection as the store,
+   * e.g. the follower's conversation) is sent right behind the first check: Redis runs one
+   * connection's commands in order, so when that check finds the turn, `read` saw everything the
+   * job before it wrote, and one round trip served both. If the turn comes later, `read` runs again.
+   */
+  async acquire<T>(job: Job<AnswerJobData>, token: string | undefined, read: () => Promise<T>): Promise<T> {
     const { account, message } = job.data;
     const openId = message.fromUserName;
+    const first = this.#store.lineHead(account, openId);
+    const early = read();
+    early.catch(() => undefined); // left unused when the turn comes later
     for (let i = 0; i < 10; i++) {
-      const head = await this.#store.lineHead(account, openId);
-      if (head === undefined || head === job.id) return;
-      if ((await this.#store.arrivedAt(account, openId, job.id!)) === undefined) return;
+      const head = i === 0 ? await first : await this.#store.lineHead(account, openId);
+      if (head === undefined || head === job.id) return i === 0 ? early : read();
+      if ((await this.#store.arrivedAt(account, openId, job.id!)) === undefined) return read();
       if (!(await this.#isOver(account, openId, head))) break;
       await this.#store.leaveLine(account, openId, head);
     }

@@ -52,13 +52,14 @@ export function createAnswerProcessor(deps: AnswerProcessorDeps) {
       await handOver(deps, job, account, stored.state, await store.lineHead(account.id, openId));
       return { parts: stored.answer.parts.length, state: stored.state };
     }
-    await deps.turns.acquire(job, token);
+    // The follower's conversation is read in the same round trip as the turn check.
+    const conversation = await deps.turns.acquire(job, token, () => deps.conversations.get(account.id, openId));
 
     // In customer-service mode the follower sees "typing…" while Dify works (not while WeChat refuses it: 48001).
     const typing = account.enableCustomMessage
       ? startTyping(deps.wechatFor(account), openId, log, { blocked: () => store.customServiceBlocked(account.id) })
       : undefined;
-    const parts = await askDify(deps, account, job, log, signal)
+    const parts = await askDify(deps, account, job, log, signal, conversation)
       .catch(async (err: unknown) => {
         if (!signal?.aborted) throw err;
         // The worker is shutting down: hand the job back untouched (no attempt used) for another worker.
