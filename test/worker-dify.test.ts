@@ -86,6 +86,16 @@ describe('a chat app with vision and speech-to-text (en_US, customer-service pus
     expect(runsOf(w, 'o_voice_gone')).toEqual([]);
   });
 
+  it('answers a Speex voice without Recognition that no transcoder can read with the localized voice message, without asking Dify', async () => {
+    // Speex frames in WeChat's own framing (a length byte before each frame), not a container ffmpeg knows.
+    const speex = Buffer.concat(Array.from({ length: 20 }, (_, i) => Buffer.from([42, ...Array.from({ length: 42 }, (_, j) => (i * 7 + j) & 0xff)])));
+    w.wechat.addMedia('voice-speex-1', speex, 'audio/speex', 'voice-speex-1.speex');
+    const res = await send(w, 'o_voice_speex', { MsgType: 'voice', MediaId: 'voice-speex-1', Format: 'speex' });
+    expect(res.reply?.Content).toBe(en.voiceUnavailable);
+    expect(runsOf(w, 'o_voice_speex')).toEqual([]);
+    expect(w.dify.audioUploads.some((u) => u.user === 'o_voice_speex')).toBe(false);
+  });
+
   it('sends link, location, video and shortvideo as readable text with their fields in inputs', async () => {
     const o = 'o_types';
     await send(w, o, { MsgType: 'link', Title: 'Dify docs', Description: 'The API', Url: 'https://docs.dify.ai' });
