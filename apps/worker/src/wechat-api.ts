@@ -60,19 +60,21 @@ export const TEMP_MEDIA_LIMITS = {
   thumb: { maxBytes: 64 * 1024, extensions: ['jpg', 'jpeg'] },
 } as const satisfies Record<TempMediaType, { maxBytes: number; extensions: readonly string[] }>;
 
+/** Socket errors raised before a request could leave: WeChat cannot have received it. */
+const NOT_CONNECTED = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH']);
+
 /**
  * A call that got no errcode answer: an HTTP error status, an unreadable reply, or a network
- * failure (`networkCode`, e.g. ECONNRESET). `path` says which call failed (the token fetch or the
- * call itself), so a caller can tell whether its own request may have reached WeChat.
+ * failure. `mayHaveArrived` is false when the call surely never reached WeChat (the access token
+ * could not be had, or the connection could not be made), so a caller knows whether WeChat may
+ * have acted on it (a customer-service message may have been delivered).
  */
 export class WeChatHttpError extends AppError {
   override readonly name = 'WeChatHttpError';
-  readonly path: string;
-  readonly networkCode: string | undefined;
-  constructor(message: string, opts: { path: string; networkCode?: string | undefined; status?: number | undefined; retryable: boolean }) {
+  readonly mayHaveArrived: boolean;
+  constructor(message: string, opts: { mayHaveArrived: boolean; status?: number | undefined; retryable: boolean }) {
     super('wechat_api', message, { retryable: opts.retryable, ...(opts.status === undefined ? {} : { status: opts.status }) });
-    this.path = opts.path;
-    this.networkCode = opts.networkCode;
+    this.mayHaveArrived = opts.mayHaveArrived;
   }
 }
 
@@ -182,7 +184,7 @@ export class WeChatApi {
     for (let busy = 0; ; ) {
       const token = await this.accessToken();
       const reply = await send(token).catch((err: unknown) => {
-        throw httpFailure(method, path, err);
+        throw httpFailure(method, path, err, true);
       });
       const errcode = reply.errcode ?? 0;
       if (errcode === 0) return reply;
@@ -207,11 +209,13 @@ export class WeChatApi {
    * that owner releases the lock. Waiters poll for as long as the lock can live, then take it over.
    */
   async accessToken(): Promise<string> {
-    const owner = randomUUID();
+    let owner: string | undefined;
     const giveUpAt = Date.now() + TOKEN_LOCK_MS + 10 * TOKEN_LOCK_POLL_MS;
     for (;;) {
       const cached = await this.#redis.get(this.#tokenKey);
       if (cached) return cached;
+      // The owner id is made only when the token is missing (rare), not on every call.
+      owner ??= randomUUID();
       if ((await this.#redis.set(this.#lockKey, owner, 'PX', TOKEN_LOCK_MS, 'NX')) === 'OK') {
         try {
           // The previous owner may have stored a token between our GET and our SET.
@@ -237,7 +241,7 @@ export class WeChatApi {
         ? this.#http.get(path, { searchParams: { grant_type: 'client_credential', appid: appId, secret: appSecret } })
         : this.#http.post(path, { json: { grant_type: 'client_credential', appid: appId, secret: appSecret, force_refresh: false } });
     const reply = await request.json<WeChatReply & { access_token?: string; expires_in?: number }>().catch((err: unknown) => {
-      throw httpFailure(accessTokenMode === 'plain' ? 'GET' : 'POST', path, err);
+      throw httpFailure(accessTokenMode === 'plain' ? 'GET' : 'POST', path, err, false);
     });
     if (!reply.access_token) throw new WeChatApiError(reply.errcode ?? -2, String(reply.errmsg ?? 'no token'), path);
     const expiresIn = typeof reply.expires_in === 'number' && reply.expires_in > 0 ? reply.expires_in : 7200;
@@ -265,15 +269,16 @@ export function tokenCacheSeconds(expiresIn: number): number {
  * the whole URL, `?access_token=` (and `?secret=` in plain token mode) included, and its `options`
  * the whole request: neither may reach a log line or a job's failedReason in Redis, so neither the
  * message nor the error itself (as `cause`) is kept. Network failures, timeouts, 429 and 5xx are
- * retryable; other HTTP statuses are not.
+ * retryable; other HTTP statuses are not. `isTheCall`: the failed request is the caller's call
+ * itself, not the token fetch before it.
  */
-function httpFailure(method: string, path: string, err: unknown): unknown {
+function httpFailure(method: string, path: string, err: unknown, isTheCall: boolean): unknown {
   if (!(err instanceof RequestError)) return err;
   const status = err.response?.statusCode;
   const what = err instanceof HTTPError ? `HTTP ${status}` : err instanceof ParseError ? `unreadable reply (HTTP ${status})` : err.code;
   const retryable = !(err instanceof HTTPError) || status === 429 || (status ?? 0) >= 500;
-  const networkCode = err instanceof HTTPError || err instanceof ParseError ? undefined : err.code;
-  return new WeChatHttpError(`${method} /${path}: ${what}`, { path, networkCode, status, retryable });
+  const neverLeft = !(err instanceof HTTPError) && !(err instanceof ParseError) && NOT_CONNECTED.has(err.code);
+  return new WeChatHttpError(`${method} /${path}: ${what}`, { mayHaveArrived: isTheCall && !neverLeft, status, retryable });
 }
 
 /** The errcode JSON WeChat sends in place of media bytes, if that is what `bytes` holds. */

@@ -10,24 +10,20 @@ import {
   type Metrics,
   type PushJobData,
 } from '@wxdify/core';
-import type { FollowerLock } from '../follower-lock.js';
+import type { PushLine } from '../push-line.js';
 import { WeChatApiError, WeChatHttpError, type WeChatApi } from '../wechat-api.js';
 
 /** errcodes of the customer-service API that decide what happens next (never the message text). */
 const ERR_OUTSIDE_48H = 45015;
 const ERR_PUSH_QUOTA = 45047;
 const ERR_NO_PERMISSION = 48001;
-/** The customer-service send, as WeChatHttpError names it. */
-const SEND_PATH = 'cgi-bin/message/custom/send';
-/** Socket errors raised before a request could leave: WeChat cannot have received the part. */
-const NOT_CONNECTED = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH']);
 
 export interface PushProcessorDeps {
   config: Config;
   metrics: Metrics;
   logger: Logger;
   store: DeliveryStore;
-  lock: FollowerLock;
+  pushLine: PushLine;
   wechatFor: (account: AccountConfig) => WeChatApi;
 }
 
@@ -55,7 +51,7 @@ export function createPushProcessor(deps: PushProcessorDeps) {
     const { answer, next, firstAt } = await deps.store.peek(answerJobId);
     if (!answer) throw new UnrecoverableError(`no answer stored for ${answerJobId}`);
     const order = firstAt * 1000 + Math.min(next, 999);
-    return deps.lock.run(job, token, { account: account.id, openId, order }, async (isHead) => {
+    return deps.pushLine.run(job, token, { account: account.id, openId, order }, async (isHead) => {
       const ctx: PushContext = { deps, account, data: job.data, log: deps.logger.child({ jobId: answerJobId, account: account.id }) };
       let pushed = 0;
       for (;;) {
@@ -67,8 +63,9 @@ export function createPushProcessor(deps: PushProcessorDeps) {
         }
         const outcome = await pushNext(ctx, firstAt);
         if (outcome === 'none') break;
-        if (outcome !== 'done') return stop(ctx, outcome, pushed);
+        if (outcome !== 'done' && outcome !== 'last') return stop(ctx, outcome, pushed);
         pushed++;
+        if (outcome === 'last') break;
       }
       await deps.store.clearPending(account.id, openId, answerJobId);
       ctx.log.info({ pushed }, 'answer pushed');
@@ -77,12 +74,13 @@ export function createPushProcessor(deps: PushProcessorDeps) {
   };
 }
 
-/** Claims and sends the next part; 'none' when every part is out. */
-async function pushNext({ deps, account, data, log }: PushContext, firstAt: number): Promise<PushOutcome | 'none'> {
+/**
+ * Claims and sends the next part: 'last' when it was the answer's last part (nothing more to claim
+ * or spend the allowance on), 'none' when every part was already out.
+ */
+async function pushNext({ deps, account, data, log }: PushContext, firstAt: number): Promise<PushOutcome | 'none' | 'last'> {
   const { store } = deps;
   const api = deps.wechatFor(account);
-  // A token problem shows up here, before anything is claimed or spent.
-  await api.accessToken();
   const quota = await store.usePushQuota(account.id, data.openId);
   if (!quota.ok) return 'quota';
   const claim = await store.claimPart(data.answerJobId);
@@ -99,7 +97,7 @@ async function pushNext({ deps, account, data, log }: PushContext, firstAt: numb
       // The request may have reached WeChat (timeout, connection lost after sending): counting it
       // as sent risks a missing part, sending it again a duplicate; we keep at most once.
       log.warn({ index: claim.index, err: (err as Error).message }, 'push outcome unknown; part counted as sent');
-      return 'done';
+      return claim.remaining === 0 ? 'last' : 'done';
     }
     const errcode = err instanceof WeChatApiError ? err.errcode : undefined;
     if (!(await store.giveBackPart(data.answerJobId, claim.index))) {
@@ -117,17 +115,17 @@ async function pushNext({ deps, account, data, log }: PushContext, firstAt: numb
     deps.metrics.answersDelivered.inc({ account: account.id, path: 'pushed' });
     if (firstAt) deps.metrics.answerLatency.observe({ path: 'pushed' }, (Date.now() - firstAt) / 1000);
   }
-  return 'done';
+  return claim.remaining === 0 ? 'last' : 'done';
 }
 
 /**
- * WeChat answered with an errcode, or our send never left (the token fetch failed, or the
- * connection could not be made): the part did not reach the follower. Anything else that went
+ * WeChat answered with an errcode, or our send never left (the access token could not be had, or
+ * the connection could not be made): the part did not reach the follower. Anything else that went
  * wrong with the send itself (a timeout, a connection lost after sending, an HTTP error from a
  * proxy) may have delivered it.
  */
 function surelyNotSent(err: unknown): boolean {
-  if (err instanceof WeChatHttpError) return err.path !== SEND_PATH || (err.networkCode !== undefined && NOT_CONNECTED.has(err.networkCode));
+  if (err instanceof WeChatHttpError) return !err.mayHaveArrived;
   return err instanceof AppError;
 }
 
