@@ -45,7 +45,7 @@ export interface PushTurn {
  * process: a job that fails and backs off, is handed back at shutdown, or is re-run after its
  * worker was killed keeps its place and takes its turn again at once.
  */
-export class FollowerLock {
+export class PushLine {
   readonly #redis: RedisClient;
   readonly #prefix: string;
   readonly #turn;
@@ -84,8 +84,8 @@ export class FollowerLock {
   }
 
   async #leave(keys: readonly [string, string], jobId: string): Promise<void> {
-    await this.#redis.zrem(keys[0], jobId);
-    await this.#redis.zrem(keys[1], jobId);
+    // Both sent at once: one round trip.
+    await Promise.all([this.#redis.zrem(keys[0], jobId), this.#redis.zrem(keys[1], jobId)]);
   }
 
   #key(kind: string, turn: PushTurn): string {

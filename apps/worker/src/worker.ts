@@ -26,7 +26,7 @@ import { dispatch, type ProcessorMap } from './processors.js';
 import { createAnswerProcessor } from './processors/answer.js';
 import { createPushProcessor } from './processors/push.js';
 import { startDueSweeper } from './due-sweeper.js';
-import { FollowerLock } from './follower-lock.js';
+import { PushLine } from './push-line.js';
 import { UserTurns } from './user-turn.js';
 import { WeChatApi } from './wechat-api.js';
 
@@ -70,7 +70,7 @@ export async function startWorker(
   const wechatFor = (account: AccountConfig) =>
     memo(apis, account.id, () => new WeChatApi({ account, redis, prefix, metrics, logger: logger.child({ account: account.id, component: 'wechat-api' }) }));
 
-  const pushDeps = { config, logger, metrics, store, wechatFor, pushQueue, lock: new FollowerLock(redis, prefix) };
+  const pushDeps = { config, logger, metrics, store, wechatFor, pushQueue, pushLine: new PushLine(redis, prefix) };
   const processors: ProcessorMap = {
     [QUEUES.answer]: {
       [JOBS.answer]: createAnswerProcessor({
