@@ -21,10 +21,10 @@ import type { AnswerWaiter, TakeOptions } from './answer-waiter.js';
 
 /**
  * What the ingress answers WeChat: a passive reply, `success`, or a failure that makes WeChat retry.
- * `path`: how an answer reached the follower (`part`: a later part of one already delivered).
+ * `path`: how an answer reached the follower; none for a later part of one already delivered.
  */
 export type Outcome = (
-  | { kind: 'reply'; part: AnswerPart; path?: 'passive' | 'fetched' | 'part' }
+  | { kind: 'reply'; part: AnswerPart; path?: 'passive' | 'fetched' }
   | { kind: 'success' }
   | { kind: 'retry' }
 ) & {
@@ -54,7 +54,7 @@ export interface ReplyFlowDeps {
 const SILENT_EVENTS = new Set(['unsubscribe', 'VIEW', 'LOCATION', 'TEMPLATESENDJOBFINISH', 'MASSSENDJOBFINISH']);
 const CLEAR_KEY = 'CLEAR_CONTEXT';
 /** WeChat delivers a message at most three times. */
-export const LAST_ATTEMPT = 3;
+const LAST_ATTEMPT = 3;
 
 /**
  * Decides the answer to one WeChat attempt. `arrivedAt` is when this request reached us: every
@@ -145,7 +145,6 @@ async function settleAttempt(
   deadline: number,
   opts: TakeOptions,
 ): Promise<Outcome> {
-  const tr = messagesFor(ref.account);
   let result = await deps.waiter.take(ref.jobId, deadline, opts);
   if (last) result = await settleLast(deps, ref, last, result, opts.signal);
   if (result.answer && result.state === 'passive') {
@@ -157,9 +156,9 @@ async function settleAttempt(
   // Handed over (here, by a sweep, or by an earlier last attempt): tell the follower how it comes.
   if (result.state === 'push') {
     if (result.won && result.answer) await pushHandedOver(deps, ref);
-    return textReply(tr('timeout'));
+    return handoffReply(ref.account, 'push');
   }
-  if (result.state === 'wait') return textReply(tr('continueWaiting', { left: ref.account.maxContinueCount }));
+  if (result.state === 'wait') return handoffReply(ref.account, 'wait');
   if (result.state !== '') return { kind: 'success' };
   return { kind: 'retry' };
 }
@@ -214,8 +213,7 @@ async function fetchPending(
   const ref: AnswerRef = { account, openId: message.fromUserName, jobId };
   // Recorded like an attempt: it opens a fresh push allowance, and WeChat's retries of this `1`
   // count only once against MAX_CONTINUE_COUNT.
-  const follower = { account: account.id, openId: ref.openId, queued: false, allowance: pushAllowanceFor(message) };
-  const { attempt } = await deps.store.recordAttempt(messageJobId(account.id, message), follower, arrivedAt);
+  const attempt = await countAttempt(deps, account, message, arrivedAt);
   const { state, firstAt } = await deps.store.peek(jobId);
   // `attempt` is this `1`'s (its retries are not new messages); `firstAt` the answered message's (its latency).
   const counted = (outcome: Outcome | undefined) => outcome && { ...outcome, attempt, firstAt };
@@ -257,8 +255,8 @@ async function nextPart(deps: ReplyFlowDeps, ref: AnswerRef): Promise<Outcome | 
   if (!next || next.remaining === 0) await deps.store.clearPending(ref.account.id, ref.openId, ref.jobId);
   if (!next) return undefined;
   const part = next.remaining === 0 ? next.part : await handOverRest(deps, ref, next.part, next.index + 1, next.remaining);
-  // A later part of an answer that reached the follower already: not another answer delivered.
-  return { kind: 'reply', part, path: 'part' };
+  // A later part of an answer that reached the follower already: no `path`, not another answer delivered.
+  return { kind: 'reply', part };
 }
 
 /**
@@ -319,6 +317,23 @@ function isClearCommand(message: InboundMessage): boolean {
 
 function isContinueCommand(message: InboundMessage): boolean {
   return message.kind === 'text' && message.content.trim() === '1';
+}
+
+/** What the last attempt says of an answer handed over: it will be pushed, or the follower sends `1`. */
+function handoffReply(account: AccountConfig, handoff: 'push' | 'wait'): Outcome {
+  const tr = messagesFor(account);
+  return textReply(handoff === 'push' ? tr('timeout') : tr('continueWaiting', { left: account.maxContinueCount }));
+}
+
+/**
+ * What the route answers when its cap comes before the attempt's outcome (Redis too slow): a
+ * non-last attempt fails so WeChat retries; the last one says where the answer goes. Never the
+ * answer itself: no script granted it to this request.
+ */
+export function cappedOutcome(account: AccountConfig, progress: AttemptProgress): Outcome {
+  const attempt = progress.attempt;
+  if (attempt === undefined || attempt < LAST_ATTEMPT) return { kind: 'retry', ...(attempt === undefined ? {} : { attempt }) };
+  return { ...handoffReply(account, progress.handoff ?? (account.enableCustomMessage ? 'push' : 'wait')), attempt };
 }
 
 function textReply(text: string): Outcome {

@@ -7,7 +7,6 @@ import {
   checkSignature,
   decodeRequest,
   encodeReply,
-  messagesFor,
   verifyEcho,
   type AccountConfig,
   type DeliveryPath,
@@ -16,7 +15,7 @@ import {
   type Metrics,
 } from '@wxdify/core';
 import type { Context } from 'koa';
-import { LAST_ATTEMPT, answerAttempt, replyCap, type AttemptProgress, type Outcome, type ReplyFlowDeps } from '../reply-flow.js';
+import { answerAttempt, cappedOutcome, replyCap, type AttemptProgress, type Outcome, type ReplyFlowDeps } from '../reply-flow.js';
 
 /** WeChat bodies are a few KiB; CONTRACT.md refuses anything over 1 MiB with 413. */
 const BODY_LIMIT = 1024 * 1024;
@@ -83,25 +82,12 @@ async function beforeCap(work: Promise<Outcome>, cap: number): Promise<Outcome |
   }
 }
 
-/**
- * What is known when the cap answers: a non-last attempt fails so WeChat retries; the last one
- * says where the answer goes. Never the answer itself: no script granted it to this request.
- */
-function cappedOutcome(account: AccountConfig, progress: AttemptProgress): Outcome {
-  const attempt = progress.attempt;
-  if (attempt === undefined || attempt < LAST_ATTEMPT) return { kind: 'retry', ...(attempt === undefined ? {} : { attempt }) };
-  const tr = messagesFor(account);
-  const handoff = progress.handoff ?? (account.enableCustomMessage ? 'push' : 'wait');
-  const text = handoff === 'push' ? tr('timeout') : tr('continueWaiting', { left: account.maxContinueCount });
-  return { kind: 'reply', part: { type: 'text', text }, attempt };
-}
-
 function observe(metrics: Metrics, account: string, message: InboundMessage, outcome: Outcome) {
   const attempt = outcome.attempt ?? 1;
   if (attempt === 1) metrics.messagesReceived.inc({ account, type: message.kind === 'event' ? `event:${message.event}` : message.kind });
   metrics.attempts.inc({ attempt: String(attempt), outcome: outcome.kind });
-  // A later part of a long answer (`1`) is not another answer delivered.
-  if (outcome.kind !== 'reply' || !outcome.path || outcome.path === 'part') return;
+  // Only a reply with a `path` delivers an answer (not a later part of one, nor a service message).
+  if (outcome.kind !== 'reply' || !outcome.path) return;
   const path: DeliveryPath = outcome.path === 'fetched' ? 'fetched' : (`passive_${Math.min(attempt, 3)}` as DeliveryPath);
   metrics.answersDelivered.inc({ account, path });
   if (outcome.firstAt) metrics.answerLatency.observe({ path }, (Date.now() - outcome.firstAt) / 1000);
