@@ -41,8 +41,10 @@ interface AskContext {
   signal?: AbortSignal;
   /** Dify failures already counted in wxdify_dify_errors_total, try by try. */
   counted: WeakSet<AppError>;
-  /** The follower's conversation, when the caller read it once the job's turn came. */
-  conversation?: ConversationRef | undefined;
+  /** The follower's conversation, read by the caller once the job's turn came. */
+  conversation: ConversationRef;
+  /** Where Dify's files come from (relative URLs in answers resolve against it). */
+  difyOrigin: string;
 }
 
 /**
@@ -56,12 +58,13 @@ export async function askDify(
   account: AccountConfig,
   job: Job<AnswerJobData>,
   log: Logger,
+  conversation: ConversationRef,
   signal?: AbortSignal,
-  conversation?: ConversationRef,
 ): Promise<AnswerPart[]> {
   const tr = messagesFor(account);
   const mayRetry = job.attemptsMade + 1 < (job.opts.attempts ?? 1);
-  const ctx: AskContext = { deps, account, tr, log, mayRetry, counted: new WeakSet(), conversation, ...(signal ? { signal } : {}) };
+  const difyOrigin = new URL(account.difyApiBaseUrl).origin;
+  const ctx: AskContext = { deps, account, tr, log, mayRetry, counted: new WeakSet(), conversation, difyOrigin, ...(signal ? { signal } : {}) };
   try {
     return await answer(ctx, job.data.message);
   } catch (err) {
@@ -90,8 +93,8 @@ async function answer(ctx: AskContext, message: InboundMessage): Promise<AnswerP
   const files: DifyFileInput[] | undefined = request.imageUrl && (await dify.acceptsImages())
     ? [{ type: 'image', transfer_method: 'remote_url', url: request.imageUrl }]
     : undefined;
-  const conversation = ctx.conversation ?? (await deps.conversations.get(account.id, message.fromUserName));
-  const prefetch = wechat ? new ImagePrefetch({ difyOrigin: new URL(account.difyApiBaseUrl).origin, ...(signal ? { signal } : {}) }) : undefined;
+  const { conversation, difyOrigin } = ctx;
+  const prefetch = wechat ? new ImagePrefetch({ difyOrigin, ...(signal ? { signal } : {}) }) : undefined;
   const reply = await dify.ask({
     query: request.query,
     user: message.fromUserName,
@@ -120,7 +123,7 @@ async function answer(ctx: AskContext, message: InboundMessage): Promise<AnswerP
  * are linked at the end of the text.
  */
 async function toParts(ctx: AskContext, reply: DifyAnswer, wechat: WeChatApi | undefined, prefetched: ImagePrefetch | undefined): Promise<AnswerPart[]> {
-  const difyOrigin = new URL(ctx.account.difyApiBaseUrl).origin;
+  const { difyOrigin } = ctx;
   const shaped = shapeAnswer(reply.text, { difyOrigin });
   const files = collectAnswerFiles(reply.files, shaped.images);
   const { mediaIds, links } = await uploadAnswerImages(wechat, files, { difyOrigin, log: ctx.log, prefetched, ...(ctx.signal ? { signal: ctx.signal } : {}) });

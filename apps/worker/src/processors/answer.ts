@@ -59,7 +59,7 @@ export function createAnswerProcessor(deps: AnswerProcessorDeps) {
     const typing = account.enableCustomMessage
       ? startTyping(deps.wechatFor(account), openId, log, { blocked: () => store.customServiceBlocked(account.id) })
       : undefined;
-    const parts = await askDify(deps, account, job, log, signal, conversation)
+    const parts = await askDify(deps, account, job, log, conversation, signal)
       .catch(async (err: unknown) => {
         if (!signal?.aborted) throw err;
         // The worker is shutting down: hand the job back untouched (no attempt used) for another worker.
