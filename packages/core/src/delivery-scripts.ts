@@ -12,15 +12,17 @@
 // the deadlines measured from it) is kept as it is. ms with a microsecond fraction, so a burst in
 // one millisecond still keeps its order.
 export const ATTEMPT_LUA = `
-redis.call('HSETNX', KEYS[1], 'first', ARGV[1])
-local t = redis.call('TIME')
-redis.call('HSETNX', KEYS[1], 'ord', string.format('%.3f', tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000))
 local n = redis.call('HINCRBY', KEYS[1], 'att', 1)
+if n == 1 then
+  local t = redis.call('TIME')
+  redis.call('HSETNX', KEYS[1], 'first', ARGV[1])
+  redis.call('HSETNX', KEYS[1], 'ord', string.format('%.3f', tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000))
+end
 redis.call('EXPIRE', KEYS[1], ARGV[2])
-local first = redis.call('HGET', KEYS[1], 'first')
-local st = redis.call('HGET', KEYS[1], 'state') or ''
+local h = redis.call('HMGET', KEYS[1], 'first', 'state', 'ord')
+local first, st = h[1], h[2] or ''
 if ARGV[5] == '1' and st == '' and redis.call('HEXISTS', KEYS[1], 'ans') == 0 then
-  redis.call('ZADD', KEYS[2], 'NX', redis.call('HGET', KEYS[1], 'ord'), ARGV[3])
+  redis.call('ZADD', KEYS[2], 'NX', h[3], ARGV[3])
   redis.call('EXPIRE', KEYS[2], 86400)
 end
 if ARGV[4] ~= '' and n == 1 then redis.call('SET', KEYS[3], ARGV[4], 'EX', ARGV[6]) end
@@ -44,26 +46,29 @@ return {n, first, st}
 // job, then drops the entry; if it dies in between, a sweep finds the entry and enqueues it again
 // (push job ids are idempotent).
 export const SETTLE_LUA = `
-local st = redis.call('HGET', KEYS[1], 'state') or ''
-local ans = redis.call('HGET', KEYS[1], 'ans')
+local h = redis.call('HMGET', KEYS[1], 'state', 'ans')
+local st, ans = h[1] or '', h[2]
 local mode = ARGV[1]
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local late = ARGV[4] ~= '' and now > tonumber(ARGV[4])
-local function move(to, next)
-  redis.call('HSET', KEYS[1], 'state', to)
-  if next then redis.call('HSET', KEYS[1], 'next', next) end
+-- Redis's clock, read only when a bound or a hand-over needs it.
+local function now()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local late = ARGV[4] ~= '' and now() > tonumber(ARGV[4])
+-- The answer goes out now, its first part (index 0) with it.
+local function move(to)
+  redis.call('HSET', KEYS[1], 'state', to, 'next', 1)
   redis.call('ZREM', KEYS[2], ARGV[3])
 end
 local function handover(to)
   redis.call('HSET', KEYS[1], 'state', to)
   if to == 'wait' then
-    local ord = redis.call('HGET', KEYS[1], 'ord') or redis.call('HGET', KEYS[1], 'first') or now
-    redis.call('ZADD', KEYS[3], ord, ARGV[3])
+    local o = redis.call('HMGET', KEYS[1], 'ord', 'first')
+    redis.call('ZADD', KEYS[3], o[1] or o[2] or now(), ARGV[3])
     redis.call('EXPIRE', KEYS[3], ARGV[5])
     redis.call('ZREM', KEYS[2], ARGV[3])
   elseif ans then
-    redis.call('ZADD', KEYS[2], now + tonumber(ARGV[6]), ARGV[3])
+    redis.call('ZADD', KEYS[2], now() + tonumber(ARGV[6]), ARGV[3])
   end
   return {to, ans or '', 1}
 end
@@ -76,18 +81,18 @@ if mode == 'reclaim' then
 end
 if st == '' then
   if ans and (mode == 'take' or mode == 'last') and not late then
-    move('passive', 1)
+    move('passive')
     return {'passive', ans, 1}
   end
   if ans and mode == 'fetch' and not late then
-    move('fetched', 1)
+    move('fetched')
     return {'fetched', ans, 1}
   end
   if mode == 'last' or mode == 'handoff' then return handover(ARGV[2]) end
   return {'', '', 0}
 end
 if st == 'wait' and ans and mode == 'fetch' and not late then
-  move('fetched', 1)
+  move('fetched')
   return {'fetched', ans, 1}
 end
 return {st, ans or '', 0}
@@ -98,11 +103,11 @@ return {st, ans or '', 0}
 // only moves forward and no part is handed out twice. Nothing is handed out before the first part
 // went out (state '' or wait). Returns index, part, how many remain after it.
 export const CLAIM_PART_LUA = `
-local ans = redis.call('HGET', KEYS[1], 'ans')
-local st = redis.call('HGET', KEYS[1], 'state') or ''
+local h = redis.call('HMGET', KEYS[1], 'ans', 'state', 'next')
+local ans, st = h[1], h[2] or ''
 if not ans or st == '' or st == 'wait' then return {-1, '', 0} end
 local parts = cjson.decode(ans)['parts']
-local n = tonumber(redis.call('HGET', KEYS[1], 'next') or '0')
+local n = tonumber(h[3] or '0')
 if n >= #parts then return {-1, '', 0} end
 redis.call('HSET', KEYS[1], 'next', n + 1)
 return {n, cjson.encode(parts[n + 1]), #parts - n - 1}
@@ -142,10 +147,10 @@ redis.call('HSETNX', KEYS[1], 'ans', ARGV[1])
 redis.call('HSET', KEYS[1], 'acct', ARGV[4], 'uid', ARGV[5])
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('ZREM', KEYS[2], ARGV[3])
-local st = redis.call('HGET', KEYS[1], 'state') or ''
+local h = redis.call('HMGET', KEYS[1], 'state', 'first')
+local st = h[1] or ''
 if st == '' then
-  local first = tonumber(redis.call('HGET', KEYS[1], 'first') or ARGV[7])
-  redis.call('ZADD', KEYS[3], first + tonumber(ARGV[6]), ARGV[3])
+  redis.call('ZADD', KEYS[3], tonumber(h[2] or ARGV[7]) + tonumber(ARGV[6]), ARGV[3])
 end
 redis.call('PUBLISH', ARGV[8], ARGV[3])
 local nxt = redis.call('ZRANGE', KEYS[2], 0, 0)[1]
