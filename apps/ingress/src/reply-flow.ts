@@ -243,6 +243,8 @@ async function deliver(deps: ReplyFlowDeps, ref: AnswerRef, result: SettleResult
   const path = result.state === 'fetched' ? 'fetched' : 'passive';
   const first = parts[0] ?? { type: 'text', text: messagesFor(ref.account)('difyError') };
   if (parts.length <= 1) return { kind: 'reply', part: first, path };
+  // The rest stays reachable with `1` (a `1` that fetched it found it pending already: ZADD NX).
+  await deps.store.setPending(ref.account.id, ref.openId, ref.jobId);
   return { kind: 'reply', part: await handOverRest(deps, ref, first, 1, parts.length - 1), path };
 }
 
@@ -271,7 +273,6 @@ async function handOverRest(
   next: number,
   remaining: number,
 ): Promise<AnswerPart> {
-  await deps.store.setPending(ref.account.id, ref.openId, ref.jobId);
   if (await pushesAllowed(deps, ref.account)) {
     // `next` (the part after the one being replied) only names the push job; the job claims its parts in Redis.
     await enqueuePush(deps.pushQueue, { account: ref.account.id, answerJobId: ref.jobId, openId: ref.openId }, next);

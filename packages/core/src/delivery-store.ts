@@ -274,8 +274,8 @@ export class DeliveryStore {
   async setPending(account: string, openId: string, jobId: string): Promise<void> {
     const [ord, first] = await this.#redis.hmget(this.key(jobId), 'ord', 'first');
     const key = this.pendingKey(account, openId);
-    await this.#redis.zadd(key, 'NX', ord ?? first ?? Date.now(), jobId);
-    await this.#redis.expire(key, DELIVERY_TTL_S);
+    // Both sent at once: one round trip.
+    await Promise.all([this.#redis.zadd(key, 'NX', ord ?? first ?? Date.now(), jobId), this.#redis.expire(key, DELIVERY_TTL_S)]);
   }
 
   /**
