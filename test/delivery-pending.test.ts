@@ -1,40 +1,15 @@
-import { mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { stringify } from 'yaml';
 import { DeliveryStore, pushAllowanceFor, utf8Length } from '../packages/core/src/index.js';
 import { startFakeDify, type FakeDify } from './fakes/fake-dify.js';
 import { FakeWeChat } from './fakes/fake-wechat.js';
-import { AES_KEY, APP_ID, TOKEN, startStack, testEnv, type Stack } from './helpers/stack.js';
-import { eventually, nextMsgId, slowQuery } from './helpers/wechat-timing.js';
+import { startStack, testEnv, type Stack } from './helpers/stack.js';
+import { metricDelta, metricValue, scrapeMetrics } from './helpers/metrics.js';
+import { difyCallsFor, eventually, nextMsgId, sendText, slowQuery, twoModesConfigFile } from './helpers/wechat-timing.js';
 
 // WeChat's 5 s shrunk to 1 s: attempts at t = 0, 1, 2 s; the first waits 0.9 s, retries 0.7 s
 // (0.3 s on `quick`); the due sweep hands over what no attempt took at 4.5 s.
 const WINDOW = 1000;
-
-/** Accounts `push` (customer-service mode), `wait` (waiting mode) and `quick` (waiting mode, RETRY_WAIT_TIMEOUT_RATIO 0.3). */
-function accountsFile(dify: { baseUrl: string; apiKey: string }, wechatUrl: string): string {
-  const common = {
-    appId: APP_ID, token: TOKEN, encodingAesKey: AES_KEY, appSecret: 'secret', difyApiBaseUrl: dify.baseUrl, difyApiKey: dify.apiKey,
-    difyAppType: 'chat', wechatApiBaseUrl: wechatUrl, language: 'en_US', maxContinueCount: 2, welcomeMessage: 'Welcome aboard',
-  };
-  const accounts = [
-    { id: 'push', enableCustomMessage: true, ...common },
-    { id: 'wait', enableCustomMessage: false, ...common },
-    { id: 'quick', enableCustomMessage: false, retryWaitTimeoutRatio: 0.3, ...common },
-  ];
-  const file = join(mkdtempSync(join(tmpdir(), 'wxdify-accounts-')), 'accounts.yaml');
-  writeFileSync(file, stringify({ accounts }));
-  return file;
-}
-
-/** One sample of a metric (0 when absent). */
-const metricValue = (text: string, name: string, labels: string) => {
-  const line = text.split('\n').find((l) => l.startsWith(`${name}{`) && labels.split(',').every((kv) => l.includes(kv)));
-  return line ? Number(line.split(' ').at(-1)) : 0;
-};
 
 /** A part's text without the "Reply 1 for the next part" notice. */
 const withoutNotice = (text: string) => text.replace(/\n\n[^\n]*reply 1[^\n]*$/i, '');
@@ -48,7 +23,10 @@ describe('pending answers and hand-overs (1 s window)', () => {
   beforeAll(async () => {
     dify = await startFakeDify({ mode: 'chat', pingIntervalMs: 200 });
     wechat = await new FakeWeChat().start();
-    const config = accountsFile(dify, wechat.url);
+    // `push` and `wait`, and `quick`: waiting mode with RETRY_WAIT_TIMEOUT_RATIO 0.3.
+    const config = twoModesConfigFile(dify, wechat.url, { maxContinueCount: 2, welcomeMessage: 'Welcome aboard' }, [
+      { id: 'quick', enableCustomMessage: false, retryWaitTimeoutRatio: 0.3 },
+    ]);
     stack = await startStack(testEnv({ dify, overrides: { CONFIG_FILE: config, WECHAT_TIMEOUT_MS: String(WINDOW), REPLY_MARGIN_MS: '100' } }));
     redis = new Redis(inject('redisUrl'));
   });
@@ -57,13 +35,10 @@ describe('pending answers and hand-overs (1 s window)', () => {
     await Promise.all([dify.close(), wechat.close(), redis.quit()]);
   });
 
-  const send = (account: string, openId: string, content: string, msgId = nextMsgId()) => {
-    const sim = stack.simulator('safe', account);
-    return { msgId, delivery: sim.deliver(sim.messageXml(openId, { MsgType: 'text', Content: content, MsgId: msgId }), WINDOW) };
-  };
+  const send = (account: string, openId: string, content: string, msgId?: string) => sendText(stack, WINDOW, account, openId, content, msgId);
   const reply = async (account: string, openId: string, content: string) => (await send(account, openId, content).delivery).accepted?.reply?.Content ?? '';
-  const metrics = async () => (await fetch(`${stack.ingress.url}/metrics`)).text();
-  const difyCalls = (query: string) => dify.runRequests().filter((r) => (r.body as { query: string }).query === query).length;
+  const metrics = async () => scrapeMetrics(stack.ingress.url);
+  const difyCalls = (query: string) => difyCallsFor(dify, query);
 
   it('waiting mode: a burst of three late answers all reach the follower through `1`, once each, in order', async () => {
     const openId = 'o_burst_late';
@@ -203,7 +178,7 @@ describe('pending answers and hand-overs (1 s window)', () => {
     expect(await reply('wait', openId, '1')).toBe('Echo: fetch me');
     const elapsed = (Date.now() - started) / 1000;
     const after = await metrics();
-    const delta = (name: string, labels: string) => metricValue(after, name, labels) - metricValue(before, name, labels);
+    const delta = metricDelta(before, after);
     expect(delta('wxdify_answers_delivered_total', 'account="wait",path="fetched"')).toBe(1);
     expect(delta('wxdify_answer_latency_seconds_count', 'path="fetched"')).toBe(1);
     const latency = delta('wxdify_answer_latency_seconds_sum', 'path="fetched"');
@@ -226,7 +201,7 @@ describe('pending answers and hand-overs (1 s window)', () => {
       expect([retry.status, retry.reply?.Content]).toEqual([first.status, first.reply?.Content]);
     }
     const after = await metrics();
-    const delta = (name: string, labels: string) => metricValue(after, name, labels) - metricValue(before, name, labels);
+    const delta = metricDelta(before, after);
     for (const type of ['text', 'event:subscribe', 'event:VIEW']) {
       expect(delta('wxdify_messages_received_total', `account="wait",type="${type}"`), type).toBe(1);
     }

@@ -4,7 +4,7 @@ import { utf8Length } from '../packages/core/src/index.js';
 import { startFakeDify, type FakeDify } from './fakes/fake-dify.js';
 import { FakeWeChat } from './fakes/fake-wechat.js';
 import { startStack, testEnv, type Stack } from './helpers/stack.js';
-import { answerReadyAt, eventually, nextMsgId, slowQuery, twoModesConfigFile } from './helpers/wechat-timing.js';
+import { answerReadyAt, difyCallsFor, eventually, nextMsgId, sendText, slowQuery, twoModesConfigFile } from './helpers/wechat-timing.js';
 
 // WeChat's 5 s shrunk to 1 s: attempts at t = 0, 1, 2 s; the first waits 0.9 s, retries 0.7 s.
 const WINDOW = 1000;
@@ -29,11 +29,8 @@ describe("delivery across WeChat's retries (1 s window)", () => {
     await Promise.all([dify.close(), wechat.close(), redis.quit()]);
   });
 
-  const send = (account: string, openId: string, content: string, msgId = nextMsgId()) => {
-    const sim = stack.simulator('safe', account);
-    return { msgId, delivery: sim.deliver(sim.messageXml(openId, { MsgType: 'text', Content: content, MsgId: msgId }), WINDOW) };
-  };
-  const difyCalls = (query: string) => dify.runRequests().filter((r) => (r.body as { query: string }).query === query).length;
+  const send = (account: string, openId: string, content: string, msgId?: string) => sendText(stack, WINDOW, account, openId, content, msgId);
+  const difyCalls = (query: string) => difyCallsFor(dify, query);
 
   it.each(['push', 'wait'])('returns an answer that is ready during the second attempt at once (%s mode)', async (account) => {
     const openId = `o_second_${account}`;

@@ -492,6 +492,14 @@ describe('DifyClient retries', () => {
 });
 
 describe('DifyClient lost conversation', () => {
+  /** Asks with the stored conversation `stale` and checks it was dropped for a new one; returns the answer. */
+  async function askExpectingReset(fake: FakeDify, dify: DifyClient, stale: string) {
+    const ids: string[] = [];
+    const answer = await ask(dify, 'hi', { conversationId: stale, onConversationId: (id) => { ids.push(id); } });
+    await expectReset(fake, answer, stale, ids);
+    return answer;
+  }
+
   async function expectReset(fake: FakeDify, answer: Awaited<ReturnType<DifyClient['ask']>>, stale: string, ids: string[]): Promise<void> {
     expect(answer.conversationReset).toBe(true);
     expect(answer.conversationId).toBeDefined();
@@ -506,35 +514,27 @@ describe('DifyClient lost conversation', () => {
   it('drops a conversation Dify answers 404 for and retries once without it', async () => {
     const { fake, dify } = await setup({ answer: 'fresh start' });
     const stale = randomUUID();
-    const ids: string[] = [];
-    const answer = await ask(dify, 'hi', { conversationId: stale, onConversationId: (id) => { ids.push(id); } });
+    const answer = await askExpectingReset(fake, dify, stale);
     expect(answer.text).toBe('fresh start');
-    await expectReset(fake, answer, stale, ids);
   });
 
   it('recognises the 404 with Flask\'s "did you mean" suffix', async () => {
     const { fake, dify } = await setup();
     const stale = fake.createConversation(USER);
     fake.enqueue('gone_suffixed');
-    const ids: string[] = [];
-    const answer = await ask(dify, 'hi', { conversationId: stale, onConversationId: (id) => { ids.push(id); } });
-    await expectReset(fake, answer, stale, ids);
+    await askExpectingReset(fake, dify, stale);
   });
 
   it('recognises an in-stream error with message null before any text', async () => {
     const { fake, dify } = await setup({ unknownConversation: 'stream_error', mode: 'advanced-chat' }, { appType: 'chatflow' });
     const stale = randomUUID();
-    const ids: string[] = [];
-    const answer = await ask(dify, 'hi', { conversationId: stale, onConversationId: (id) => { ids.push(id); } });
-    await expectReset(fake, answer, stale, ids);
+    await askExpectingReset(fake, dify, stale);
   });
 
   it('recognises a hang with pings only', async () => {
     const { fake, dify } = await setup({ unknownConversation: 'hang', pingIntervalMs: 10 }, { idleTimeoutMs: 150 });
     const stale = randomUUID();
-    const ids: string[] = [];
-    const answer = await ask(dify, 'hi', { conversationId: stale, onConversationId: (id) => { ids.push(id); } });
-    await expectReset(fake, answer, stale, ids);
+    await askExpectingReset(fake, dify, stale);
     expect(fake.runRequests()[0]?.clientClosed).toBe(true);
   });
 
@@ -542,10 +542,8 @@ describe('DifyClient lost conversation', () => {
     const { fake, dify } = await setup({ unknownConversation: 'hang', pingIntervalMs: 10, answer: 'new context' }, { idleTimeoutMs: 150 });
     const deleted = fake.createConversation(USER);
     fake.deleteConversation(USER, deleted);
-    const ids: string[] = [];
-    const answer = await ask(dify, 'hi', { conversationId: deleted, onConversationId: (id) => { ids.push(id); } });
+    const answer = await askExpectingReset(fake, dify, deleted);
     expect(answer.text).toBe('new context');
-    await expectReset(fake, answer, deleted, ids);
     const checks = fake.requests.filter((r) => r.path === '/v1/messages');
     expect(checks.map((r) => r.status)).toEqual([404]);
     expect(Object.fromEntries(new URL(checks[0]!.url, fake.origin).searchParams)).toEqual({ conversation_id: deleted, user: USER, limit: '1' });
@@ -555,9 +553,7 @@ describe('DifyClient lost conversation', () => {
     const { fake, dify } = await setup({ pingIntervalMs: 10 }, { idleTimeoutMs: 150 });
     const stale = fake.createConversation(USER);
     fake.enqueue('gone_hang');
-    const ids: string[] = [];
-    const answer = await ask(dify, 'hi', { conversationId: stale, onConversationId: (id) => { ids.push(id); } });
-    await expectReset(fake, answer, stale, ids);
+    await askExpectingReset(fake, dify, stale);
   });
 
   it('keeps the conversation of a slow start that GET /messages still knows, and reports the timeout', async () => {
@@ -649,7 +645,7 @@ describe('fake Dify', () => {
   });
 
   it('expires served files', async () => {
-    const { fake, dify } = await setup({ filesTtlMs: 50 });
+    const { dify } = await setup({ filesTtlMs: 50 });
     const answer = await ask(dify, '[[scenario:message_file]] draw');
     await sleep(80);
     expect((await fetch(answer.files[0]!.url)).status).toBe(403);

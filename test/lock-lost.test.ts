@@ -1,8 +1,9 @@
-import { Writable } from 'node:stream';
 import { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { startFakeDify, type FakeDify } from './fakes/fake-dify.js';
+import { QUEUES } from '../packages/core/src/index.js';
+import { lineSink } from './helpers/line-sink.js';
 import { startStack, testEnv, type Stack } from './helpers/stack.js';
 import { eventually, nextMsgId, slowQuery } from './helpers/wechat-timing.js';
 
@@ -13,19 +14,13 @@ describe('a lost job lock', () => {
   let stack: Stack;
   let redis: Redis;
   let queue: Queue;
-  const lines: string[] = [];
-  const sink = new Writable({
-    write(chunk, _enc, done) {
-      lines.push(...String(chunk).split('\n').filter(Boolean));
-      done();
-    },
-  });
+  const { sink, lines } = lineSink();
 
   beforeAll(async () => {
     dify = await startFakeDify({ mode: 'chat', pingIntervalMs: 200 });
     stack = await startStack(testEnv({ dify, overrides: { LOG_LEVEL: 'warn', WECHAT_TIMEOUT_MS: '1000', REPLY_MARGIN_MS: '100' } }), { logDestination: sink });
     redis = new Redis(inject('redisUrl'));
-    queue = new Queue('answer', { connection: redis, prefix: stack.config.queuePrefix });
+    queue = new Queue(QUEUES.answer, { connection: redis, prefix: stack.config.queuePrefix });
   });
   afterAll(async () => {
     await stack.close();

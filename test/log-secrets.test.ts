@@ -1,23 +1,11 @@
-import { Writable } from 'node:stream';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { createLogger, loadConfig } from '../packages/core/src/index.js';
 import { startFakeDify, type FakeDify } from './fakes/fake-dify.js';
 import { FakeWeChat } from './fakes/fake-wechat.js';
 import { AES_KEY, startStack, testEnv, TOKEN, type Stack } from './helpers/stack.js';
+import { lineSink } from './helpers/line-sink.js';
 import { eventually, nextMsgId, slowQuery } from './helpers/wechat-timing.js';
-
-/** A pino destination that keeps every line. */
-function lineSink(): { sink: Writable; lines: string[] } {
-  const lines: string[] = [];
-  const sink = new Writable({
-    write(chunk, _enc, done) {
-      lines.push(...String(chunk).split('\n').filter(Boolean));
-      done();
-    },
-  });
-  return { sink, lines };
-}
 
 /** Every value stored under `prefix` (BullMQ's job hashes with their failedReason and stacktrace included), except the keys `skip` matches. */
 async function dumpRedis(redis: Redis, prefix: string, skip: RegExp): Promise<string[]> {
@@ -41,19 +29,13 @@ describe('logs', () => {
   let dify: FakeDify;
   let wechat: FakeWeChat;
   let stack: Stack;
-  const lines: string[] = [];
+  const { sink, lines } = lineSink();
   const APP_SECRET = 'app-secret-never-logged';
   const ADMIN_PASSWORD = 'admin-password-never-logged';
 
   beforeAll(async () => {
     dify = await startFakeDify({ mode: 'chat', apiKey: 'app-dify-key-never-logged', pingIntervalMs: 200 });
     wechat = await new FakeWeChat().start();
-    const sink = new Writable({
-      write(chunk, _enc, done) {
-        lines.push(...String(chunk).split('\n').filter(Boolean));
-        done();
-      },
-    });
     stack = await startStack(
       testEnv({
         dify,

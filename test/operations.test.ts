@@ -4,13 +4,9 @@ import { startFakeDify, type FakeDify } from './fakes/fake-dify.js';
 import { FakeWeChat } from './fakes/fake-wechat.js';
 import { readAnswerJob } from './helpers/answer-job.js';
 import { startStack, testEnv, type Stack } from './helpers/stack.js';
+import { metricDelta, metricValue, scrapeMetrics } from './helpers/metrics.js';
 import { eventually, nextMsgId, slowQuery, twoModesConfigFile } from './helpers/wechat-timing.js';
 
-const metricValue = (text: string, name: string, labels: string) => {
-  const line = text.split('\n').find((l) => l.startsWith(`${name}{`) && labels.split(',').every((kv) => l.includes(kv)));
-  return line ? Number(line.split(' ').at(-1)) : 0;
-};
-const scrape = async (url: string) => (await fetch(`${url}/metrics`)).text();
 
 describe('operating the service', () => {
   let dify: FakeDify;
@@ -42,10 +38,10 @@ describe('operating the service', () => {
 
     it('moves the metrics of both processes after a message', async () => {
       const sim = stack.simulator('plain');
-      const before = await (await fetch(`${stack.ingress.url}/metrics`)).text();
+      const before = await scrapeMetrics(stack.ingress.url);
       const reply = await sim.attempt(sim.messageXml('o_metrics', { MsgType: 'text', Content: 'count me', MsgId: nextMsgId() }));
       expect(reply.reply?.Content).toBe('Echo: count me');
-      const after = await (await fetch(`${stack.ingress.url}/metrics`)).text();
+      const after = await scrapeMetrics(stack.ingress.url);
       for (const [name, labels] of [
         ['wxdify_messages_received_total', 'type="text"'],
         ['wxdify_answers_delivered_total', 'path="passive_1"'],
@@ -56,7 +52,7 @@ describe('operating the service', () => {
       }
       expect(after).toContain('wxdify_queue_jobs{queue="answer",state="waiting",component="ingress"}');
       expect(after).toContain('process_cpu_user_seconds_total');
-      const worker = await (await fetch(`${stack.workers[0]!.url}/metrics`)).text();
+      const worker = await scrapeMetrics(stack.workers[0]!.url!);
       expect(worker).toContain('component="worker"');
       expect(worker).toContain('wxdify_queue_jobs{queue="push"');
     });
@@ -84,7 +80,7 @@ describe('operating the service', () => {
       const sim = stack.simulator('plain', account);
       return sim.deliver(sim.messageXml(openId, { MsgType: 'text', Content: content, MsgId: nextMsgId() }), WINDOW);
     };
-    const both = async () => ({ ingress: await scrape(stack.ingress.url), worker: await scrape(stack.workers[0]!.url!) });
+    const both = async () => ({ ingress: await scrapeMetrics(stack.ingress.url), worker: await scrapeMetrics(stack.workers[0]!.url!) });
 
     it("times each Dify answer on the worker: first event and whole duration, one observation per answer", async () => {
       for (const n of [1, 2]) {
@@ -104,22 +100,22 @@ describe('operating the service', () => {
       ['llm_error', 'dify_stream'],
       ['provider_error', 'dify_http'],
     ])('counts a Dify failure (%s) under its code (%s) on the worker', async (scenario, code) => {
-      const before = await scrape(stack.workers[0]!.url!);
+      const before = await scrapeMetrics(stack.workers[0]!.url!);
       const result = await send('wait', `o_fail_${scenario}`, `[[scenario:${scenario}]] fail`);
       // The follower gets an apology, not Dify's error text.
       expect(result.accepted?.reply?.Content).toBeTruthy();
       expect(result.accepted?.reply?.Content).not.toContain('Echo');
-      const after = await scrape(stack.workers[0]!.url!);
+      const after = await scrapeMetrics(stack.workers[0]!.url!);
       expect(metricValue(after, 'wxdify_dify_errors_total', `code="${code}"`)).toBe(metricValue(before, 'wxdify_dify_errors_total', `code="${code}"`) + 1);
     });
 
     it("counts an answer given on WeChat's second attempt as passive_2, with its latency from the first arrival", async () => {
-      const before = await scrape(stack.ingress.url);
+      const before = await scrapeMetrics(stack.ingress.url);
       const result = await send('wait', 'o_second_attempt', slowQuery('second attempt', 1300));
       expect(result.attempts.map((a) => a.status)).toEqual([503, 200]);
       expect(result.accepted?.reply?.Content).toBe('Echo: second attempt');
-      const after = await scrape(stack.ingress.url);
-      const delta = (name: string, labels: string) => metricValue(after, name, labels) - metricValue(before, name, labels);
+      const after = await scrapeMetrics(stack.ingress.url);
+      const delta = metricDelta(before, after);
       expect(delta('wxdify_answers_delivered_total', 'account="wait",path="passive_2"')).toBe(1);
       expect(delta('wxdify_answers_delivered_total', 'account="wait",path="passive_1"')).toBe(0);
       expect(delta('wxdify_answer_latency_seconds_count', 'path="passive_2"')).toBe(1);
@@ -131,12 +127,12 @@ describe('operating the service', () => {
     it('counts a late answer pushed with the customer-service API as pushed, on the worker', async () => {
       const metric = ['wxdify_answers_delivered_total', 'account="push",path="pushed"'] as const;
       const latency = ['wxdify_answer_latency_seconds_count', 'path="pushed"'] as const;
-      const before = await scrape(stack.workers[0]!.url!);
+      const before = await scrapeMetrics(stack.workers[0]!.url!);
       const result = await send('push', 'o_pushed', slowQuery('pushed late', 3500));
       expect(result.attempts.map((a) => a.status)).toEqual([503, 503, 200]);
       await eventually(() => wechat.textsTo('o_pushed').includes('Echo: pushed late') || undefined, 5000);
       const after = await eventually(async () => {
-        const text = await scrape(stack.workers[0]!.url!);
+        const text = await scrapeMetrics(stack.workers[0]!.url!);
         return metricValue(text, ...metric) > metricValue(before, ...metric) ? text : undefined;
       });
       expect(metricValue(after, ...metric)).toBe(metricValue(before, ...metric) + 1);
@@ -153,7 +149,7 @@ describe('operating the service', () => {
     // Nobody takes the job: the attempt is cut, the job stays queued.
     await sim.attempt(sim.messageXml('o_depth', { MsgType: 'text', Content: slowQuery('depth', 1500), MsgId: nextMsgId() }), 300);
     const waiting = await eventually(async () => {
-      const text = await scrape(stack.ingress.url);
+      const text = await scrapeMetrics(stack.ingress.url);
       return depth(text, 'waiting') > 0 ? text : undefined;
     });
     expect(depth(waiting, 'waiting')).toBe(1);
@@ -161,13 +157,13 @@ describe('operating the service', () => {
     const worker = await startWorker(stack.config, stack.logger, { port: 0, host: '127.0.0.1' });
     try {
       const active = await eventually(async () => {
-        const text = await scrape(worker.url!);
+        const text = await scrapeMetrics(worker.url!);
         return depth(text, 'active') === 1 ? text : undefined;
       });
       expect(depth(active, 'waiting')).toBe(0);
       expect(active).toContain('wxdify_queue_jobs{queue="answer",state="active",component="worker"} 1');
       const done = await eventually(async () => {
-        const text = await scrape(stack.ingress.url);
+        const text = await scrapeMetrics(stack.ingress.url);
         return depth(text, 'active') === 0 ? text : undefined;
       }, 5000);
       expect(depth(done, 'waiting')).toBe(0);

@@ -1,11 +1,10 @@
-import { createServer } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { startWorker } from '../apps/worker/src/index.js';
 import { startFakeDify, type FakeDify } from './fakes/fake-dify.js';
 import { FakeWeChat } from './fakes/fake-wechat.js';
+import { freePort } from './helpers/redis-server.js';
 import { startStack, testEnv, type Stack } from './helpers/stack.js';
 import { eventually, nextMsgId, slowQuery } from './helpers/wechat-timing.js';
 
@@ -200,12 +199,3 @@ describe('customer-service pushes while WeChat refuses connections', () => {
     }
   });
 });
-
-/** A port nothing listens on (yet). */
-async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as AddressInfo;
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}

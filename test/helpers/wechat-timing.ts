@@ -3,7 +3,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Redis } from 'ioredis';
 import { stringify } from 'yaml';
-import { APP_ID, AES_KEY, TOKEN } from './stack.js';
+import type { FakeDify } from '../fakes/fake-dify.js';
+import { APP_ID, AES_KEY, TOKEN, type Stack } from './stack.js';
 
 let seq = 8_100_000_000_000_000_000n;
 /** A fresh 64-bit MsgId, as WeChat sends them. */
@@ -12,13 +13,33 @@ export const nextMsgId = (): string => String(seq++);
 /** A Dify query that makes the fake answer `Echo: <text>` after `delayMs`. */
 export const slowQuery = (text: string, delayMs: number): string => `[[scenario:normal+delay=${delayMs}]] ${text}`;
 
-/** A CONFIG_FILE with two accounts on the same Dify: `push` (customer-service mode) and `wait` (waiting mode). */
-export function twoModesConfigFile(dify: { baseUrl: string; apiKey: string }, wechatUrl: string, extra: Record<string, unknown> = {}): string {
+/**
+ * A CONFIG_FILE with two accounts on the same Dify: `push` (customer-service mode) and `wait`
+ * (waiting mode), each with `extra`; `more` adds accounts of the same base.
+ */
+export function twoModesConfigFile(
+  dify: { baseUrl: string; apiKey: string },
+  wechatUrl: string,
+  extra: Record<string, unknown> = {},
+  more: Record<string, unknown>[] = [],
+): string {
   const common = { appId: APP_ID, token: TOKEN, encodingAesKey: AES_KEY, appSecret: 'secret', difyApiBaseUrl: dify.baseUrl, difyApiKey: dify.apiKey, difyAppType: 'chat', wechatApiBaseUrl: wechatUrl, language: 'en_US', ...extra };
   const dir = mkdtempSync(join(tmpdir(), 'wxdify-accounts-'));
   const file = join(dir, 'accounts.yaml');
-  writeFileSync(file, stringify({ accounts: [{ id: 'push', enableCustomMessage: true, ...common }, { id: 'wait', enableCustomMessage: false, ...common }] }));
+  const accounts = [{ id: 'push', enableCustomMessage: true }, { id: 'wait', enableCustomMessage: false }, ...more].map((a) => ({ ...a, ...common }));
+  writeFileSync(file, stringify({ accounts }));
   return file;
+}
+
+/** Sends a text message to `account` the way WeChat does (safe mode, all its attempts within `windowMs` each). */
+export function sendText(stack: Stack, windowMs: number, account: string, openId: string, content: string, msgId = nextMsgId()) {
+  const sim = stack.simulator('safe', account);
+  return { msgId, delivery: sim.deliver(sim.messageXml(openId, { MsgType: 'text', Content: content, MsgId: msgId }), windowMs) };
+}
+
+/** How many Dify runs asked exactly `query`. */
+export function difyCallsFor(dify: FakeDify, query: string): number {
+  return dify.runRequests().filter((r) => (r.body as { query: string }).query === query).length;
 }
 
 /** When the worker stored the answer of a message (ms since epoch), read from Redis. */
