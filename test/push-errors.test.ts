@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { startWorker } from '../apps/worker/src/index.js';
+import { CANCEL_AFTER_MS } from '../apps/worker/src/typing.js';
 import { startFakeDify, type FakeDify } from './fakes/fake-dify.js';
 import { FakeWeChat } from './fakes/fake-wechat.js';
 import { startStack, testEnv, type Stack } from './helpers/stack.js';
@@ -108,9 +109,13 @@ describe('customer-service pushes and WeChat errcodes', () => {
       sim.deliver(sim.messageXml(openId, { MsgType: 'text', Content: slowQuery(text, delayMs), MsgId: nextMsgId() }), WINDOW);
     // Typing starts at 1.5 s; this answer is ready at 2.3 s, for WeChat's third attempt.
     const slow = await ask('o_typing_passive', 'a bit slow', 2300);
+    const repliedAt = Date.now();
     expect(slow.accepted?.reply?.Content).toBe('Echo: a bit slow');
     await eventually(() => typingOf('o_typing_passive').length === 2, 3000);
     expect(typingOf('o_typing_passive')).toEqual(['Typing', 'CancelTyping']);
+    // The CancelTyping is a courtesy sent CANCEL_AFTER_MS after the answer, behind the deliveries of a burst.
+    const cancelAt = wechat.calls.find((c) => c.path.endsWith('/custom/typing') && c.body.touser === 'o_typing_passive' && c.body.command === 'CancelTyping')!.at;
+    expect(cancelAt - repliedAt).toBeGreaterThanOrEqual(CANCEL_AFTER_MS - 200);
     const fast = await ask('o_typing_fast', 'quick', 200);
     expect(fast.accepted?.reply?.Content).toBe('Echo: quick');
     await new Promise((r) => setTimeout(r, 1800));
