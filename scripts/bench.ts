@@ -1,13 +1,17 @@
 // `npm run bench`: the queue (ingress + worker on Redis) against a one-process relay, on the same
 // fakes, in one run. Starts redis-server, the fakes, the built ingress and worker (later the relay)
 // as child processes, drives them the way WeChat does, prints one markdown table, exits 0.
+// Order: queue slow path, queue paced, relay paced, then the fast closed loop in rounds that
+// alternate queue, relay, queue, relay, … with all of them up (an idle one costs next to nothing),
+// so that the host's drift over the run lands on both sides of the throughput ratio alike.
 //
-// Knobs (environment; defaults in brackets): BENCH_FOLLOWERS [32], BENCH_WARMUP_S [2],
-// BENCH_QUEUE_WARMUP_S [17], BENCH_DURATION_S [15], BENCH_PACED_RATE [100 messages/s],
-// BENCH_PACED_S [8], BENCH_PACED_FOLLOWERS [64], BENCH_SLOW_FOLLOWERS [300],
-// BENCH_SLOW_DELAY_MS [6000], BENCH_WORKER_CONCURRENCY [300], BENCH_DRAIN_MAX_S [30; 0 = no wait],
-// BENCH_PHASES [paced,slow,fast,baseline], BENCH_CPU_PROF=1 (--cpu-prof in the ingress, the
-// worker and the relay; summarize with scripts/bench/profile-summary.ts), BENCH_KEEP=1 (keep logs).
+// Knobs (environment; defaults in brackets): BENCH_FOLLOWERS [32], BENCH_WARMUP_S [2; at most 1 s
+// for a side's later rounds], BENCH_DURATION_S [15, measured per side], BENCH_ROUNDS [3 per side],
+// BENCH_PACED_RATE [100 messages/s], BENCH_PACED_S [8], BENCH_PACED_FOLLOWERS [64],
+// BENCH_SLOW_FOLLOWERS [300], BENCH_SLOW_DELAY_MS [6000], BENCH_WORKER_CONCURRENCY [300],
+// BENCH_DRAIN_MAX_S [30; 0 = no wait], BENCH_PHASES [paced,slow,fast,baseline], BENCH_CPU_PROF=1
+// (--cpu-prof in the ingress, the worker and the relay; summarize with
+// scripts/bench/profile-summary.ts), BENCH_KEEP=1 (keep logs).
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
@@ -19,7 +23,7 @@ import { Redis } from 'ioredis';
 import { QUEUES } from '@wxdify/core';
 import { WeChatSimulator } from '../packages/core/src/wechat/simulator.js';
 import type { BenchContext } from './bench/context.js';
-import { fastPhase } from './bench/fast-phase.js';
+import { fastRound, mergeRounds, type FastRound } from './bench/fast-phase.js';
 import { startFakes, type Fakes } from './bench/fakes-process.js';
 import { Client, runClosedLoop, runPaced } from './bench/load.js';
 import { readOptions } from './bench/options.js';
@@ -45,6 +49,19 @@ const started = Date.now();
 const loadBefore = loadavg().map((l) => l.toFixed(2)).join(' ');
 const redisInfo = { version: '?', args: [] as string[] };
 
+/** One side of the fast-path comparison: where its followers send, and what its rounds measured. */
+interface FastSide {
+  label: 'queue' | 'relay';
+  openIdPrefix: string;
+  simulator: WeChatSimulator;
+  /** The processes whose cost is counted. */
+  procs: Child[];
+  /** The Redis server whose commands are counted (the queue's). */
+  redis?: Redis;
+  rounds: FastRound[];
+  failed: boolean;
+}
+
 try {
   await run();
 } catch (err) {
@@ -69,8 +86,17 @@ async function run(): Promise<void> {
     redisInfo.version = /redis_version:(\S+)/.exec(await info.info('server'))?.[1] ?? '?';
     redisInfo.args = redis.args;
     const env = serviceEnv(redis.url, fakes);
-    if ((['paced', 'slow', 'fast'] as const).some((p) => ctx.opts.phases.has(p))) await runQueue(env, fakes, redis.child, info);
-    if (ctx.opts.phases.has('baseline')) await runRelay(env, fakes);
+    const queue = (['paced', 'slow', 'fast'] as const).some((p) => ctx.opts.phases.has(p))
+      ? await runQueue(env, fakes, redis.child, info)
+      : undefined;
+    // a relay that does not start costs the baseline only, not the queue's fast rounds
+    const relay = ctx.opts.phases.has('baseline')
+      ? await runRelay(env, fakes).catch((err: unknown) => void results.errors.push(`relay: ${(err as Error).stack ?? String(err)}`))
+      : undefined;
+    const sides = [queue, relay].filter((s): s is FastSide => s !== undefined);
+    if (sides.length) await phase('fast', () => fastRounds(sides));
+    if (queue) results.fast = merged(queue);
+    if (relay) results.baseline = merged(relay);
   } finally {
     info.disconnect();
   }
@@ -99,8 +125,8 @@ function serviceEnv(redisUrl: string, fakes: Fakes): NodeJS.ProcessEnv {
   };
 }
 
-/** The ingress and the worker: slow path, paced, then the closed loop with its costs. */
-async function runQueue(env: NodeJS.ProcessEnv, fakes: Fakes, redis: Child, info: Redis): Promise<void> {
+/** Starts the ingress and the worker (left running) and measures the slow path and paced; returns the fast side, if it runs. */
+async function runQueue(env: NodeJS.ProcessEnv, fakes: Fakes, redis: Child, info: Redis): Promise<FastSide | undefined> {
   const [ingressPort, workerPort] = [await freePort(), await freePort()];
   const ingress = startNode('ingress', 'apps/ingress/dist/main.js', { ...env, PORT: String(ingressPort) });
   const worker = startNode('worker', 'apps/worker/dist/main.js', { ...env, PORT: String(workerPort) });
@@ -109,32 +135,54 @@ async function runQueue(env: NodeJS.ProcessEnv, fakes: Fakes, redis: Child, info
   const simulator = wechatAt(`http://127.0.0.1:${ingressPort}/wechat`);
   const { opts } = ctx;
 
-  // a second of traffic first, so that nothing measures a cold JIT; its settle jobs come 16.5 s later, after the slow path
+  // a second of traffic first, so that nothing measures a cold JIT
   await runClosedLoop({ client: ctx.client, simulator, followers: opts.followers, openIdPrefix: 'oWarm', warmupMs: 0, durationMs: 1000, expected });
   if (opts.phases.has('slow')) results.slow = await phase('slow', () => slowPhase(ctx, simulator, fakes, [ingress, worker], expected));
   if (opts.phases.has('paced')) {
     await drainQueues(info, env.QUEUE_PREFIX!);
     results.paced = await phase('paced', () => paced(simulator, 'oPaced'));
   }
-  if (opts.phases.has('fast')) {
-    const procs = [ingress, worker, redis, fakes.child];
-    results.fast = await phase('fast', () =>
-      fastPhase(ctx, simulator, { openIdPrefix: 'oQueue', warmupMs: opts.queueWarmupMs, procs, expected, redis: info }));
-  }
-  await stopChild(ingress);
-  await stopChild(worker);
+  if (!opts.phases.has('fast')) return undefined;
+  return { label: 'queue', openIdPrefix: 'oQueue', simulator, procs: [ingress, worker, redis, fakes.child], redis: info, rounds: [], failed: false };
 }
 
-/** The baseline relay on the same fakes: paced, then the closed loop. */
-async function runRelay(env: NodeJS.ProcessEnv, fakes: Fakes): Promise<void> {
+/** Starts the baseline relay on the same fakes (left running) and measures paced; returns its fast side. */
+async function runRelay(env: NodeJS.ProcessEnv, fakes: Fakes): Promise<FastSide> {
   const port = await freePort();
   const relay = startNode('relay', 'scripts/bench/relay.ts', { ...env, PORT: String(port) }, [...TSX, ...PRODUCTION_NODE_FLAGS]);
   await waitForOk(`http://127.0.0.1:${port}/healthz`, relay);
   const simulator = wechatAt(`http://127.0.0.1:${port}/wechat`);
   results.pacedBaseline = await phase('relay paced', () => paced(simulator, 'oRelayPaced'));
-  results.baseline = await phase('relay fast', () =>
-    fastPhase(ctx, simulator, { openIdPrefix: 'oRelay', warmupMs: ctx.opts.warmupMs, procs: [relay, fakes.child], expected }));
-  await stopChild(relay);
+  return { label: 'relay', openIdPrefix: 'oRelay', simulator, procs: [relay, fakes.child], rounds: [], failed: false };
+}
+
+/**
+ * The fast closed loop in rounds: queue round 1, relay round 1, queue round 2, … Each round is
+ * durationMs / rounds long and has its own OpenIDs (`oQueue2-0007`), so no message id repeats.
+ * The first round of a side warms up for warmupMs; its later ones for roundWarmupMs (≤ 1 s): the
+ * processes are warm by then, only the loop's ramp-up and the other side's last replies pass.
+ * A side whose round fails runs no more rounds and reports nothing (partial rounds would skew it).
+ */
+async function fastRounds(sides: FastSide[]): Promise<void> {
+  const { opts } = ctx;
+  for (let k = 1; k <= opts.rounds; k++) {
+    for (const side of sides) {
+      if (side.failed) continue;
+      try {
+        side.rounds.push(await fastRound(ctx, side.simulator, {
+          openIdPrefix: `${side.openIdPrefix}${k}-`, warmupMs: k === 1 ? opts.warmupMs : opts.roundWarmupMs,
+          durationMs: opts.durationMs / opts.rounds, procs: side.procs, expected, redis: side.redis,
+        }));
+      } catch (err) {
+        side.failed = true;
+        results.errors.push(`${side.label} fast round ${k}: ${(err as Error).stack ?? String(err)}`);
+      }
+    }
+  }
+}
+
+function merged(side: FastSide) {
+  return side.failed || side.rounds.length === 0 ? undefined : mergeRounds(side.rounds);
 }
 
 function paced(simulator: WeChatSimulator, openIdPrefix: string) {
@@ -161,8 +209,8 @@ async function phase<T>(name: string, fn: () => Promise<T>): Promise<T | undefin
 }
 
 /**
- * Waits until no job of an earlier phase is waiting, delayed or running (each answer's settle job
- * runs 16.5 s after its message), so that one phase's leftovers do not load the next.
+ * Waits until no job of an earlier phase is waiting, delayed or running (the slow path's pushes,
+ * retries), so that one phase's leftovers do not load the next.
  */
 async function drainQueues(connection: Redis, prefix: string): Promise<void> {
   const queues = Object.values(QUEUES).map((name) => new Queue(name, { connection: connection as never, prefix }));

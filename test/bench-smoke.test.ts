@@ -25,7 +25,6 @@ describe('npm run bench', () => {
     const { code, out } = await runBench({
       BENCH_FOLLOWERS: '2',
       BENCH_WARMUP_S: '0.3',
-      BENCH_QUEUE_WARMUP_S: '0.3',
       BENCH_DURATION_S: '1',
       BENCH_SLOW_FOLLOWERS: '3',
       BENCH_SLOW_DELAY_MS: '300',

@@ -1,14 +1,16 @@
 // The fast path: followers in a closed loop against the queue or the relay, with the cost of each
 // message (CPU per process, Redis commands, log lines) counted over exactly the measuring window.
+// It runs in rounds that alternate between the queue and the relay (scripts/bench.ts): each round
+// returns raw sums (fastRound), and mergeRounds turns one side's rounds into one FastMeasure.
 import { readFileSync, statSync } from 'node:fs';
 import type { Redis } from 'ioredis';
 import type { WeChatSimulator } from '../../packages/core/src/wechat/simulator.js';
 import type { BenchContext } from './context.js';
-import { runClosedLoop, type ClosedLoopResult } from './load.js';
+import { mergeLoads, runClosedLoop, type ClosedLoopResult } from './load.js';
 import { cpuMs, type Child } from './processes.js';
 import { diffCommandStats, parseCommandStats } from './report.js';
 
-/** What one fast-path run measured. */
+/** What one side's fast path measured (its rounds merged). */
 export interface FastMeasure {
   load: ClosedLoopResult;
   /** CPU ms per answered message, by process name (`loadgen` is the bench itself). */
@@ -20,6 +22,16 @@ export interface FastMeasure {
   commandsPerMsg?: Map<string, number>;
 }
 
+/** What one round counted inside its measuring window: totals, not yet divided by messages. */
+export interface FastRound {
+  load: ClosedLoopResult;
+  /** CPU ms by process name (`loadgen` is the bench itself). */
+  cpuMs: Map<string, number>;
+  logLines: Map<string, number>;
+  /** Redis commands by command (when `redis` was given). */
+  commands?: Map<string, number>;
+}
+
 /** Counters read at the start and the end of the measuring window. */
 interface Snapshot {
   cpu: Map<string, number>;
@@ -28,12 +40,19 @@ interface Snapshot {
   commands?: Promise<Map<string, number>>;
 }
 
-/** Runs the closed loop; `procs` are the processes whose cost is counted, `redis` the server whose commands are. */
-export async function fastPhase(
+/** Runs one round of the closed loop; `procs` are the processes whose cost is counted, `redis` the server whose commands are. */
+export async function fastRound(
   ctx: BenchContext,
   simulator: WeChatSimulator,
-  run: { openIdPrefix: string; warmupMs: number; procs: Child[]; expected: (query: string) => string; redis?: Redis },
-): Promise<FastMeasure> {
+  run: {
+    openIdPrefix: string;
+    warmupMs: number;
+    durationMs: number;
+    procs: Child[];
+    expected: (query: string) => string;
+    redis?: Redis;
+  },
+): Promise<FastRound> {
   const snap = (): Snapshot => ({
     cpu: new Map(run.procs.map((c) => [c.name, cpuMs(c.pid)])),
     self: process.cpuUsage(),
@@ -44,32 +63,46 @@ export async function fastPhase(
   let end: Snapshot | undefined;
   const load = await runClosedLoop({
     client: ctx.client, simulator, followers: ctx.opts.followers, openIdPrefix: run.openIdPrefix, warmupMs: run.warmupMs,
-    durationMs: ctx.opts.durationMs, expected: run.expected,
+    durationMs: run.durationMs, expected: run.expected,
     onWindow: { start: () => { begin = snap(); }, end: () => { end = snap(); } },
   });
   if (!begin || !end) throw new Error('measuring window never closed');
-  return { load, ...await costs(run.procs, begin, end, load) };
+  return { load, ...await totals(run.procs, begin, end) };
 }
 
-async function costs(procs: Child[], begin: Snapshot, end: Snapshot, load: ClosedLoopResult): Promise<Omit<FastMeasure, 'load'>> {
-  const n = Math.max(1, load.answered);
-  const cpuPerMsg = new Map<string, number>();
-  const cpuShare = new Map<string, number>();
-  const add = (name: string, ms: number) => {
-    cpuPerMsg.set(name, ms / n);
-    cpuShare.set(name, ms / load.windowMs);
-  };
-  for (const c of procs) add(c.name, end.cpu.get(c.name)! - begin.cpu.get(c.name)!);
-  add('loadgen', (end.self.user + end.self.system - begin.self.user - begin.self.system) / 1000);
-  const logLinesPerMsg = new Map<string, number>();
+async function totals(procs: Child[], begin: Snapshot, end: Snapshot): Promise<Omit<FastRound, 'load'>> {
+  const cpu = new Map<string, number>();
+  for (const c of procs) cpu.set(c.name, end.cpu.get(c.name)! - begin.cpu.get(c.name)!);
+  cpu.set('loadgen', (end.self.user + end.self.system - begin.self.user - begin.self.system) / 1000);
+  const logLines = new Map<string, number>();
   for (const c of procs) {
     if (c.name === 'redis' || c.name === 'fakes') continue;
-    logLinesPerMsg.set(c.name, countLines(c.logFile, begin.logBytes.get(c.name)!, end.logBytes.get(c.name)!) / n);
+    logLines.set(c.name, countLines(c.logFile, begin.logBytes.get(c.name)!, end.logBytes.get(c.name)!));
   }
-  if (!begin.commands || !end.commands) return { cpuPerMsg, cpuShare, logLinesPerMsg };
-  const diff = diffCommandStats(await begin.commands, await end.commands);
-  const commandsPerMsg = new Map([...diff].sort((a, b) => b[1] - a[1]).map(([k, v]) => [k, v / n]));
-  return { cpuPerMsg, cpuShare, logLinesPerMsg, commandsPerMsg };
+  if (!begin.commands || !end.commands) return { cpuMs: cpu, logLines };
+  return { cpuMs: cpu, logLines, commands: diffCommandStats(await begin.commands, await end.commands) };
+}
+
+/** One side's rounds as one measurement: counts and windows summed, latencies concatenated, costs per message of the sum. */
+export function mergeRounds(rounds: FastRound[]): FastMeasure {
+  if (rounds.length === 0) throw new Error('no fast round to merge');
+  const load = mergeLoads(rounds.map((r) => r.load));
+  const n = Math.max(1, load.answered);
+  const sum = (pick: (r: FastRound) => Map<string, number> | undefined) => {
+    const total = new Map<string, number>();
+    for (const r of rounds) for (const [k, v] of pick(r) ?? []) total.set(k, (total.get(k) ?? 0) + v);
+    return total;
+  };
+  const perMsg = (m: Map<string, number>) => new Map([...m].map(([k, v]) => [k, v / n]));
+  const cpu = sum((r) => r.cpuMs);
+  const measure: FastMeasure = {
+    load,
+    cpuPerMsg: perMsg(cpu),
+    cpuShare: new Map([...cpu].map(([k, v]) => [k, v / load.windowMs])),
+    logLinesPerMsg: perMsg(sum((r) => r.logLines)),
+  };
+  if (rounds.every((r) => r.commands)) measure.commandsPerMsg = perMsg(new Map([...sum((r) => r.commands)].sort((a, b) => b[1] - a[1])));
+  return measure;
 }
 
 function countLines(file: string, from: number, to: number): number {

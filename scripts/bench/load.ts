@@ -119,6 +119,19 @@ export async function runClosedLoop(opts: {
   return result;
 }
 
+/** Several windows as one: counts and window lengths summed, latencies concatenated, the first error kept. */
+export function mergeLoads(loads: ClosedLoopResult[]): ClosedLoopResult {
+  const merged: ClosedLoopResult = { answered: 0, errors: 0, latencies: [], windowMs: 0 };
+  for (const l of loads) {
+    merged.answered += l.answered;
+    merged.errors += l.errors;
+    merged.firstError ??= l.firstError;
+    for (const ms of l.latencies) merged.latencies.push(ms);
+    merged.windowMs += l.windowMs;
+  }
+  return merged;
+}
+
 /**
  * Messages at a fixed rate (open loop), round-robin over `followers` OpenIDs, for `warmupMs +
  * durationMs`. In a closed loop the latency is only the followers' number over the throughput

@@ -1,5 +1,4 @@
 // The bench's knobs, from the environment; the defaults are the run the performance issue asks for.
-import { WECHAT_ATTEMPT_MS } from './load.js';
 
 export type Phase = 'paced' | 'slow' | 'fast' | 'baseline';
 
@@ -7,15 +6,20 @@ export type Phase = 'paced' | 'slow' | 'fast' | 'baseline';
 export interface BenchOptions {
   /** Closed-loop followers of the fast path. */
   followers: number;
-  /** Warm-up of the relay's fast path, and the floor of the queue's. */
+  /** Warm-up of each side's first fast round. */
   warmupMs: number;
   /**
-   * Warm-up of the queue's fast path. The worker schedules a `settle` job per answer for when
-   * WeChat's window is over (first attempt + 3 × 5 s + 1.5 s): the measuring window starts once
-   * those run at their steady rate, so that their cost is in it. The relay needs no such wait.
+   * Warm-up of each side's later fast rounds: min(1 s, warmupMs). The processes are warm by then
+   * (they ran a round already); only the loop's ramp-up and the other side's last replies pass.
    */
-  queueWarmupMs: number;
+  roundWarmupMs: number;
+  /** Measured time of the fast path per side, over all its rounds. */
   durationMs: number;
+  /**
+   * Fast-path rounds per side, alternating queue, relay, queue, relay, …: each durationMs / rounds
+   * long, so that the host's drift over a minute lands on both sides alike.
+   */
+  rounds: number;
   slowFollowers: number;
   slowDelayMs: number;
   /** The target is about 300 concurrent streams in one worker; WORKER_CONCURRENCY's default (200) would start 100 of them 6 s late. */
@@ -42,8 +46,9 @@ export function readOptions(env: NodeJS.ProcessEnv): BenchOptions {
   return {
     followers: Math.round(num('BENCH_FOLLOWERS', 32)),
     warmupMs,
-    queueWarmupMs: num('BENCH_QUEUE_WARMUP_S', Math.max(warmupMs, 3 * WECHAT_ATTEMPT_MS + 2000) / 1000) * 1000,
+    roundWarmupMs: Math.min(1000, warmupMs),
     durationMs: num('BENCH_DURATION_S', 15) * 1000,
+    rounds: Math.max(1, Math.round(num('BENCH_ROUNDS', 3))),
     slowFollowers: Math.round(num('BENCH_SLOW_FOLLOWERS', 300)),
     slowDelayMs: Math.round(num('BENCH_SLOW_DELAY_MS', 6000)),
     workerConcurrency: Math.round(num('BENCH_WORKER_CONCURRENCY', 300)),
