@@ -2,8 +2,8 @@
 // fakes, in one run. Starts redis-server, the fakes, the built ingress and worker (later the relay)
 // as child processes, drives them the way WeChat does, prints one markdown table, exits 0.
 // Order: queue slow path, queue paced, relay paced, then the fast closed loop in rounds that
-// alternate queue, relay, queue, relay, … with all of them up (an idle one costs next to nothing),
-// so that the host's drift over the run lands on both sides of the throughput ratio alike.
+// alternate queue, relay, relay, queue, queue, relay, … with all of them up (an idle one costs next
+// to nothing), so that the host's drift over the run lands on both sides of the throughput ratio alike.
 //
 // Knobs (environment; defaults in brackets): BENCH_FOLLOWERS [32], BENCH_WARMUP_S [2; at most 1 s
 // for a side's later rounds], BENCH_DURATION_S [15, measured per side], BENCH_ROUNDS [3 per side],
@@ -157,7 +157,8 @@ async function runRelay(env: NodeJS.ProcessEnv, fakes: Fakes): Promise<FastSide>
 }
 
 /**
- * The fast closed loop in rounds: queue round 1, relay round 1, queue round 2, … Each round is
+ * The fast closed loop in rounds, in ABBA order (queue 1, relay 1, relay 2, queue 2, queue 3,
+ * relay 3, …) so that a steady drift of the host favours neither side. Each round is
  * durationMs / rounds long and has its own OpenIDs (`oQueue2-0007`), so no message id repeats.
  * The first round of a side warms up for warmupMs; its later ones for roundWarmupMs (≤ 1 s): the
  * processes are warm by then, only the loop's ramp-up and the other side's last replies pass.
@@ -166,7 +167,7 @@ async function runRelay(env: NodeJS.ProcessEnv, fakes: Fakes): Promise<FastSide>
 async function fastRounds(sides: FastSide[]): Promise<void> {
   const { opts } = ctx;
   for (let k = 1; k <= opts.rounds; k++) {
-    for (const side of sides) {
+    for (const side of k % 2 === 1 ? sides : [...sides].reverse()) {
       if (side.failed) continue;
       try {
         side.rounds.push(await fastRound(ctx, side.simulator, {

@@ -35,7 +35,7 @@ export function printResults(r: BenchResults, opts: BenchOptions, info: RunInfo)
     `plain mode, ENABLE_CUSTOM_MESSAGE=true, WORKER_CONCURRENCY=${opts.workerConcurrency}; fake Dify: chat app, ~100-char answer ` +
     'in 8-char SSE chunks, pings every 1 s');
   console.log(`fast: ${opts.followers} followers in a closed loop, ${opts.durationMs / 1000} s measured per side in ${opts.rounds} ` +
-    `rounds alternating queue/relay (all processes up), each after a warm-up of ${opts.warmupMs / 1000} s (first round of a side) / ` +
+    `rounds alternating queue/relay in ABBA order (all processes up), each after a warm-up of ${opts.warmupMs / 1000} s (first round of a side) / ` +
     `${opts.roundWarmupMs / 1000} s (later rounds); paced: ${opts.pacedRate} messages/s over ` +
     `${opts.pacedFollowers} followers, ${opts.pacedMs / 1000} s after 1 s; slow: ${opts.slowFollowers} followers at once, answers ` +
     `after ${opts.slowDelayMs / 1000} s, WeChat's attempts at 0/5/10 s cut at 5 s` +
