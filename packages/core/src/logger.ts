@@ -69,3 +69,54 @@ export function throttledErrorLog(logger: Logger, msg: string, intervalMs = 10_0
     skipped = 0;
   };
 }
+
+type Level = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace';
+
+/** See {@link withBindings}. Only the logging methods and `child`; the rest is read from the parent. */
+class BoundLogger {
+  readonly #parent: Logger;
+  readonly #bindings: Record<string, unknown>;
+
+  constructor(parent: Logger, bindings: Record<string, unknown>) {
+    this.#parent = parent;
+    this.#bindings = bindings;
+  }
+
+  get level(): string {
+    return this.#parent.level;
+  }
+
+  isLevelEnabled(level: string): boolean {
+    return this.#parent.isLevelEnabled(level);
+  }
+
+  child(bindings: Record<string, unknown>, options?: object): Logger {
+    return this.#parent.child({ ...this.#bindings, ...bindings }, options);
+  }
+
+  fatal(first?: unknown, ...rest: unknown[]): void { this.#write('fatal', first, rest); }
+  error(first?: unknown, ...rest: unknown[]): void { this.#write('error', first, rest); }
+  warn(first?: unknown, ...rest: unknown[]): void { this.#write('warn', first, rest); }
+  info(first?: unknown, ...rest: unknown[]): void { this.#write('info', first, rest); }
+  debug(first?: unknown, ...rest: unknown[]): void { this.#write('debug', first, rest); }
+  trace(first?: unknown, ...rest: unknown[]): void { this.#write('trace', first, rest); }
+
+  #write(level: Level, first: unknown, rest: unknown[]): void {
+    const parent = this.#parent;
+    if (!parent.isLevelEnabled(level)) return;
+    const write = parent[level] as (...args: unknown[]) => void;
+    if (first instanceof Error) write.call(parent, { ...this.#bindings, err: first }, ...(rest.length > 0 ? rest : [first.message]));
+    else if (typeof first === 'object' && first !== null) write.call(parent, { ...this.#bindings, ...first }, ...rest);
+    else write.call(parent, this.#bindings, first, ...rest);
+  }
+}
+
+/**
+ * A logger that writes `bindings` into each line it logs, like `parent.child(bindings)`, but
+ * builds nothing until a line is logged: a pino child per request (the ingress made two) cost
+ * more than the request's one log line, since pino runs the redaction over each child's bindings.
+ * It has pino's logging methods, `child` (which keeps the bindings), `level` and `isLevelEnabled`.
+ */
+export function withBindings(parent: Logger, bindings: Record<string, unknown>): Logger {
+  return new BoundLogger(parent, bindings) as unknown as Logger;
+}

@@ -1,12 +1,12 @@
 import { randomUUID } from 'node:crypto';
-import { AppError, type Logger } from '@wxdify/core';
+import { AppError, withBindings, type Logger } from '@wxdify/core';
 import type { Context, Next } from 'koa';
 
-/** One child logger per request, with a request id, passed down through `ctx.state.log`. */
+/** One logger per request, with a request id, passed down through `ctx.state.log` (no pino child: see withBindings). */
 export function requestLogger(logger: Logger) {
   return async (ctx: Context, next: Next) => {
     const reqId = (ctx.get('x-request-id') || randomUUID()).slice(0, 64);
-    ctx.state.log = logger.child({ reqId });
+    ctx.state.log = withBindings(logger, { reqId });
     ctx.set('x-request-id', reqId);
     await next();
   };

@@ -8,6 +8,7 @@ import {
   decodeRequest,
   encodeReply,
   verifyEcho,
+  withBindings,
   type AccountConfig,
   type DeliveryPath,
   type InboundMessage,
@@ -42,7 +43,7 @@ export function createWeChatRouter(deps: ReplyFlowDeps & { metrics: Metrics }): 
     const query = ctx.query as Query;
     const body = await readBody(ctx, () => checkSignature(acct, query));
     const { message, encrypted } = decodeRequest(acct, query, body);
-    const log = (ctx.state.log as Logger).child({ account: acct.id, msgId: message.msgId, msgType: message.msgType });
+    const log = withBindings(ctx.state.log as Logger, { account: acct.id, msgId: message.msgId, msgType: message.msgType });
     // WeChat hung up (cut at 5 s, or gone), or the cap below answered: stop waiting, take nothing.
     const closed = new AbortController();
     ctx.res.once('close', () => {

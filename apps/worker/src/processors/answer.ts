@@ -1,6 +1,7 @@
 import { DelayedError, UnrecoverableError, type Job, type Queue } from 'bullmq';
 import {
   enqueuePush,
+  withBindings,
   type AccountConfig,
   type AnswerJobData,
   type AnswerJobResult,
@@ -41,7 +42,7 @@ export function createAnswerProcessor(deps: AnswerProcessorDeps) {
     const account = config.accounts.get(job.data.account);
     if (!account) throw new UnrecoverableError(`unknown account ${job.data.account}`);
     const openId = job.data.message.fromUserName;
-    const log = deps.logger.child({ jobId: job.id, account: account.id, msgId: job.data.message.msgId });
+    const log = withBindings(deps.logger, { jobId: job.id, account: account.id, msgId: job.data.message.msgId });
     // A rerun of a job that already stored its answer (it stalled, or a step after saving failed):
     // Dify is not asked again and the stored answer, perhaps half delivered, is kept; only the
     // hand-over steps are done again (each is idempotent). Only a job that ran before can have

@@ -2,6 +2,7 @@ import { DelayedError, UnrecoverableError, type Job } from 'bullmq';
 import {
   AppError,
   messagesFor,
+  withBindings,
   type AccountConfig,
   type AnswerPart,
   type Config,
@@ -52,7 +53,7 @@ export function createPushProcessor(deps: PushProcessorDeps) {
     if (!answer) throw new UnrecoverableError(`no answer stored for ${answerJobId}`);
     const order = firstAt * 1000 + Math.min(next, 999);
     return deps.pushLine.run(job, token, { account: account.id, openId, order }, async (isHead) => {
-      const ctx: PushContext = { deps, account, data: job.data, log: deps.logger.child({ jobId: answerJobId, account: account.id }) };
+      const ctx: PushContext = { deps, account, data: job.data, log: withBindings(deps.logger, { jobId: answerJobId, account: account.id }) };
       let pushed = 0;
       for (;;) {
         if (signal?.aborted || !isHead()) {
