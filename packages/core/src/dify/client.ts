@@ -279,7 +279,9 @@ async function runAttempt(ctx: Ctx, conversationId: string | undefined): Promise
     for await (const item of readSseEvents(stream, { log: ctx.log })) {
       if (item.type === 'ping') continue;
       dog.touch(idleTimeoutMs);
-      await onEvent(ctx, state, item.event, conversationId);
+      // awaited only when the event saves a conversation id: one microtask less for every other event
+      const saving = onEvent(ctx, state, item.event, conversationId);
+      if (saving) await saving;
       if (state.terminal) dog.touch(Math.min(idleTimeoutMs, TERMINAL_GRACE_MS));
     }
     state.eof = true;
@@ -295,8 +297,11 @@ async function runAttempt(ctx: Ctx, conversationId: string | undefined): Promise
   }
 }
 
-/** Applies one data event: ids, the conversation callback, errors, text, files, terminal. */
-async function onEvent(ctx: Ctx, state: AnswerState, e: RawDifyEvent, sentConversationId: string | undefined): Promise<void> {
+/**
+ * Applies one data event: ids, the conversation callback, errors, text, files, terminal. Returns
+ * the conversation callback's promise when the event brought a new conversation id.
+ */
+function onEvent(ctx: Ctx, state: AnswerState, e: RawDifyEvent, sentConversationId: string | undefined): Promise<void> | void {
   state.dataEvents++;
   state.firstEventMs ??= Date.now() - ctx.startedAt;
   if (typeof e.task_id === 'string' && e.task_id) state.taskId ??= e.task_id;
@@ -305,10 +310,12 @@ async function onEvent(ctx: Ctx, state: AnswerState, e: RawDifyEvent, sentConver
     state.terminal = true;
     throw streamError(e, state.text === '' && sentConversationId !== undefined);
   }
+  let saving: Promise<void> | void | undefined;
   if (typeof e.conversation_id === 'string' && e.conversation_id && state.conversationId === undefined) {
     state.conversationId = e.conversation_id;
-    if (e.conversation_id !== sentConversationId) await ctx.req.onConversationId?.(e.conversation_id);
+    if (e.conversation_id !== sentConversationId) saving = ctx.req.onConversationId?.(e.conversation_id);
   }
+  if (saving) return saving.then(() => applyEvent(ctx, state, e));
   applyEvent(ctx, state, e);
 }
 
@@ -475,6 +482,7 @@ function startWatchdog(ac: AbortController, idleMs: number, deadlineAt: number, 
     reason = r;
     ac.abort(new Error(`dify request given up: ${r}`));
   };
+  let idleForMs = idleMs;
   let idle = setTimeout(fire, idleMs, 'idle');
   const total = setTimeout(fire, Math.max(0, deadlineAt - Date.now()), 'total');
   const onAbort = (): void => fire('caller');
@@ -482,7 +490,14 @@ function startWatchdog(ac: AbortController, idleMs: number, deadlineAt: number, 
   else signal?.addEventListener('abort', onAbort, { once: true });
   return {
     get reason() { return reason; },
-    touch(ms: number) { clearTimeout(idle); idle = setTimeout(fire, ms, 'idle'); },
+    // refresh() re-arms the same timer: no new Timeout for each of an answer's many events
+    touch(ms: number) {
+      if (ms === idleForMs) idle.refresh();
+      else {
+        clearTimeout(idle);
+        idle = setTimeout(fire, (idleForMs = ms), 'idle');
+      }
+    },
     clear() { clearTimeout(idle); clearTimeout(total); signal?.removeEventListener('abort', onAbort); },
   };
 }
