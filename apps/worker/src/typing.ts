@@ -7,10 +7,14 @@ import type { WeChatApi } from './wechat-api.js';
  * https://developers.weixin.qq.com/doc/offiaccount/Message_Management/Service_Center_messages.html (客服输入状态)
  */
 const REFRESH_MS = 15_000;
+/** "typing…" shows from this long after a job starts: a fast answer needs none (and costs no API call). */
+const SHOW_AFTER_MS = 1500;
 /**
  * A CancelTyping is a courtesy, not part of the answer: it goes out this long after the answer is
  * stored, so that in a burst of answers ending together the deliveries come first (a CancelTyping
  * right away cost each of 300 simultaneous answers 150-300 ms more on the bench's slow path).
+ * Shorter than SHOW_AFTER_MS: the follower's next answer starts only once this one is stored, so
+ * its indicator comes after this cancel, never before it.
  */
 export const CANCEL_AFTER_MS = 1000;
 
@@ -50,7 +54,7 @@ export function startTyping(api: WeChatApi, openId: string, log: Logger, opts: {
   const first = setTimeout(() => {
     show();
     refresh = setInterval(show, REFRESH_MS);
-  }, opts.delayMs ?? 1500);
+  }, opts.delayMs ?? SHOW_AFTER_MS);
   return {
     stop({ cancel }) {
       stopped = true;
