@@ -1,8 +1,12 @@
-import { DelayedError, UnrecoverableError, type Job } from 'bullmq';
-import { defineScript, redisKey, type RedisClient } from '@wxdify/core';
+import { DelayedError, UnrecoverableError, type Job, type Queue } from 'bullmq';
+import { defineScript, promoteIfDelayed, redisKey, type PushJobData, type RedisClient } from '@wxdify/core';
 
-/** A parked push job looks again after this long. */
-const PARK_MS = 250;
+/**
+ * A parked push job looks again after this long, unless the job ahead of it promotes it sooner
+ * when it leaves the line (the usual case). The wait covers only the rest: a head that died and
+ * is dropped as stale, or a job that was still on its way to `delayed` when the head left.
+ */
+const PARK_MS = 2000;
 /** The pushing job checks in this often; a job that has not checked in for STALE_MS lost its place. */
 const CHECK_IN_MS = 5000;
 /**
@@ -41,18 +45,21 @@ export interface PushTurn {
 /**
  * The per-follower push line (DESIGN 6: pushes in order per follower). Push jobs line up in
  * answer order in a Redis sorted set and only the head pushes; the others go back to `delayed`
- * for a moment (BullMQ's DelayedError). The place belongs to the push job (its id), not to a
- * process: a job that fails and backs off, is handed back at shutdown, or is re-run after its
- * worker was killed keeps its place and takes its turn again at once.
+ * until the job ahead of them leaves and promotes the next (BullMQ's DelayedError and promote).
+ * The place belongs to the push job (its id), not to a process: a job that fails and backs off,
+ * is handed back at shutdown, or is re-run after its worker was killed keeps its place and takes
+ * its turn again at once.
  */
 export class PushLine {
   readonly #redis: RedisClient;
   readonly #prefix: string;
+  readonly #queue: Queue<PushJobData>;
   readonly #turn;
 
-  constructor(redis: RedisClient, prefix: string) {
+  constructor(redis: RedisClient, prefix: string, queue: Queue<PushJobData>) {
     this.#redis = redis;
     this.#prefix = prefix;
+    this.#queue = queue;
     this.#turn = defineScript<[string, string, string, number, number, number, number], number>(redis, 'wxdPushTurn', 2, TURN_LUA);
   }
 
@@ -83,9 +90,15 @@ export class PushLine {
     }
   }
 
+  /** Leaves the line and wakes the job that now heads it. */
   async #leave(keys: readonly [string, string], jobId: string): Promise<void> {
-    // Both sent at once: one round trip.
-    await Promise.all([this.#redis.zrem(keys[0], jobId), this.#redis.zrem(keys[1], jobId)]);
+    // Sent at once, one round trip: Redis runs one connection's commands in order, so the ZRANGE sees the new head.
+    const [, , [next]] = await Promise.all([
+      this.#redis.zrem(keys[0], jobId),
+      this.#redis.zrem(keys[1], jobId),
+      this.#redis.zrange(keys[0], 0, 0),
+    ]);
+    if (next !== undefined) await promoteIfDelayed(this.#queue, next);
   }
 
   #key(kind: string, turn: PushTurn): string {

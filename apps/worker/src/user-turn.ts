@@ -1,5 +1,5 @@
 import { DelayedError, type Job, type Queue } from 'bullmq';
-import type { AnswerJobData, DeliveryStore } from '@wxdify/core';
+import { promoteIfDelayed, type AnswerJobData, type DeliveryStore } from '@wxdify/core';
 
 /** A job that is not its follower's turn sleeps this long unless the job before it promotes it sooner. */
 const TURN_RETRY_MS = 5000;
@@ -46,9 +46,7 @@ export class UserTurns {
 
   /** Wakes the next job in a follower's line at once (its turn came when the previous one stored its answer). */
   async wake(next: string | undefined): Promise<void> {
-    if (next === undefined) return;
-    const nextJob = await this.#queue.getJob(next);
-    if (nextJob && (await nextJob.isDelayed())) await nextJob.promote().catch(() => undefined);
+    if (next !== undefined) await promoteIfDelayed(this.#queue, next);
   }
 
   async #isOver(account: string, openId: string, jobId: string): Promise<boolean> {

@@ -70,7 +70,7 @@ export async function startWorker(
   const wechatFor = (account: AccountConfig) =>
     memo(apis, account.id, () => new WeChatApi({ account, redis, prefix, metrics, logger: logger.child({ account: account.id, component: 'wechat-api' }) }));
 
-  const pushDeps = { config, logger, metrics, store, wechatFor, pushQueue, pushLine: new PushLine(redis, prefix) };
+  const pushDeps = { config, logger, metrics, store, wechatFor, pushQueue, pushLine: new PushLine(redis, prefix, pushQueue) };
   const processors: ProcessorMap = {
     [QUEUES.answer]: {
       [JOBS.answer]: createAnswerProcessor({

@@ -88,6 +88,16 @@ export function messageJobId(account: string, message: InboundMessage): string {
   return `m~${account}~${message.fromUserName}~${message.msgId ?? message.createTime}`;
 }
 
+/**
+ * Runs a delayed job now: a job parked until its turn, woken by the job before it. A job that is
+ * not delayed (already waiting, running, or gone) is left alone; a lost race is harmless, the
+ * parked job looks again when its delay ends.
+ */
+export async function promoteIfDelayed(queue: Queue, jobId: string): Promise<void> {
+  const job = await queue.getJob(jobId);
+  if (job && (await job.isDelayed())) await job.promote().catch(() => undefined);
+}
+
 /** Queues the push of an answer's parts from `next` on; the job id makes a repeated hand-over a no-op. */
 export async function enqueuePush(queue: Queue<PushJobData>, data: PushJobData, next: number): Promise<void> {
   await queue.add(JOBS.push, data, { ...PUSH_JOB_OPTIONS, jobId: `push~${data.answerJobId}~${next}` });
