@@ -90,10 +90,17 @@ export async function runClosedLoop(opts: {
   const windowStart = t0 + opts.warmupMs;
   const windowEnd = windowStart + opts.durationMs;
   const result: ClosedLoopResult = { answered: 0, errors: 0, latencies: [], windowMs: opts.durationMs };
-  const timers = [
-    setTimeout(() => opts.onWindow?.start(), opts.warmupMs),
-    setTimeout(() => opts.onWindow?.end(), opts.warmupMs + opts.durationMs),
-  ];
+  // Each window callback runs once: from its timer, or right after the loop when the last reply
+  // came in before the timer (the loop stops on the clock, and a timer may fire a little late).
+  const once = (fn: (() => void) | undefined) => {
+    let done = false;
+    return () => {
+      if (!done) fn?.();
+      done = true;
+    };
+  };
+  const [start, end] = [once(opts.onWindow?.start), once(opts.onWindow?.end)];
+  const timers = [setTimeout(start, opts.warmupMs), setTimeout(end, opts.warmupMs + opts.durationMs)];
   let msgId = 0;
   const follower = async (i: number) => {
     const openId = `${opts.openIdPrefix}${String(i).padStart(4, '0')}`;
@@ -116,6 +123,8 @@ export async function runClosedLoop(opts: {
   };
   await Promise.all(Array.from({ length: opts.followers }, (_, i) => follower(i)));
   timers.forEach(clearTimeout);
+  start();
+  end();
   return result;
 }
 
