@@ -98,7 +98,8 @@ export class PushLine {
       this.#redis.zrem(keys[1], jobId),
       this.#redis.zrange(keys[0], 0, 0),
     ]);
-    if (next !== undefined) await promoteIfDelayed(this.#queue, next);
+    // Best effort: a wake-up that fails leaves the next job to its own look-again (PARK_MS).
+    if (next !== undefined) await promoteIfDelayed(this.#queue, next).catch(() => undefined);
   }
 
   #key(kind: string, turn: PushTurn): string {
