@@ -47,6 +47,12 @@ describe('loadConfig', () => {
     expect(loadConfig({ ...base, WECHAT_API_BASE_URL: 'http://10.0.0.1:8080/' }).accounts.get('default')!.wechatApiBaseUrl).toBe('http://10.0.0.1:8080');
   });
 
+  it('takes every Redis URL scheme the client opens, TLS cluster seeds included', () => {
+    for (const url of ['redis://h:6379', 'rediss://h:6380', 'redis+cluster://h:7000', 'rediss+cluster://u:p@h:7000']) {
+      expect(loadConfig({ ...base, REDIS_URL: url, QUEUE_PREFIX: '{wxdify}' }).redisUrl).toBe(url);
+    }
+  });
+
   it('names every bad field at once', () => {
     const issues = issuesOf({
       REDIS_URL: 'localhost:6379',

@@ -3,7 +3,7 @@ import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { ConfigError } from './errors.js';
 import { LANGUAGES } from './i18n/index.js';
-import { hasHashTag, isClusterUrl } from './redis.js';
+import { REDIS_URL_SCHEME, hasHashTag, isClusterUrl } from './redis.js';
 
 /** Dify app types as configured (`auto` asks Dify's `GET /info`). */
 export const DIFY_APP_TYPES = ['chat', 'agent', 'chatflow', 'workflow', 'completion', 'auto'] as const;
@@ -46,7 +46,7 @@ const accountSchema = z.object({
 });
 
 const serviceSchema = z.object({
-  redisUrl: z.string().regex(/^(rediss?|redis\+cluster):\/\//, 'must start with redis://, rediss:// or redis+cluster://').optional(),
+  redisUrl: z.string().regex(REDIS_URL_SCHEME, 'must start with redis://, rediss://, redis+cluster:// or rediss+cluster://').optional(),
   queuePrefix: z.string().min(1).max(64).default('wxdify'),
   port: int(0, 65535).optional(),
   host: z.string().min(1).default('0.0.0.0'),

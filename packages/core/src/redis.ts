@@ -1,5 +1,8 @@
 import { Cluster, Redis, type RedisOptions } from 'ioredis';
 
+/** The URL schemes `createRedis` opens: `redis://`, `rediss://` (TLS), and either with `+cluster` (a Redis Cluster). */
+export const REDIS_URL_SCHEME = /^rediss?(\+cluster)?:\/\//;
+
 /** A Redis client or a Redis Cluster client; both speak the commands we use. */
 export type RedisClient = Redis | Cluster;
 
