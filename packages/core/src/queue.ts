@@ -90,12 +90,13 @@ export function messageJobId(account: string, message: InboundMessage): string {
 
 /**
  * Runs a delayed job now: a job parked until its turn, woken by the job before it. A job that is
- * not delayed (already waiting, running, or gone) is left alone; a lost race is harmless, the
- * parked job looks again when its delay ends.
+ * not delayed (already waiting, running, or gone) is left alone: BullMQ's promote checks that in
+ * its script and refuses, and the refusal is dropped. A lost race is harmless, the parked job
+ * looks again when its delay ends.
  */
 export async function promoteIfDelayed(queue: Queue, jobId: string): Promise<void> {
   const job = await queue.getJob(jobId);
-  if (job && (await job.isDelayed())) await job.promote().catch(() => undefined);
+  await job?.promote().catch(() => undefined);
 }
 
 /** Queues the push of an answer's parts from `next` on; the job id makes a repeated hand-over a no-op. */
