@@ -403,8 +403,7 @@ async function isConversationGone(ctx: Ctx, conversationId: string): Promise<boo
       timeout: { request: Math.max(1, Math.min(ctx.opts.idleTimeoutMs, CONVERSATION_CHECK_TIMEOUT_MS, ctx.deadlineAt - Date.now())) },
       ...(ctx.req.signal ? { signal: ctx.req.signal } : {}),
     });
-    const body = res.statusCode === 200 ? {} : parseErrorBody(res.body);
-    const gone = res.statusCode === 404 && body.code === 'not_found' && isConversationGoneMessage(body.message);
+    const gone = res.statusCode !== 200 && isConversationGoneReply(res.statusCode, parseErrorBody(res.body));
     ctx.log.info({ status: res.statusCode, gone }, 'dify conversation checked after a silent stream');
     return gone;
   } catch (err) {
@@ -438,13 +437,18 @@ function streamError(e: StreamErrorEvent, beforeText: boolean): AppError {
 function httpError(status: number, body: DifyErrorBody, path: string, conversationId: string | undefined): AppError {
   const code = body.code ?? 'unknown';
   const text = `dify ${path} answered HTTP ${status} ${code}: ${body.message ?? ''}`;
-  // "Conversation Not Exists." may carry a Flask "did you mean" suffix (#28481)
-  if (conversationId !== undefined && status === 404 && code === 'not_found' && isConversationGoneMessage(body.message)) {
+  if (conversationId !== undefined && isConversationGoneReply(status, body)) {
     return new AppError('dify_conversation_gone', text, { status, cause: body });
   }
   return new AppError('dify_http', text, { status, retryable: status === 429 || status >= 500, cause: body });
 }
 
+/** Dify's HTTP answer for a conversation it no longer has. */
+function isConversationGoneReply(status: number, body: DifyErrorBody): boolean {
+  return status === 404 && body.code === 'not_found' && isConversationGoneMessage(body.message);
+}
+
+/** "Conversation Not Exists." may carry a Flask "did you mean" suffix (#28481). */
 function isConversationGoneMessage(message: string | null | undefined): boolean {
   return typeof message === 'string' && message.startsWith('Conversation Not Exists');
 }
