@@ -279,9 +279,7 @@ async function runAttempt(ctx: Ctx, conversationId: string | undefined): Promise
     for await (const item of readSseEvents(stream, { log: ctx.log })) {
       if (item.type === 'ping') continue;
       dog.touch(idleTimeoutMs);
-      // awaited only when the event saves a conversation id: one microtask less for every other event
-      const saving = onEvent(ctx, state, item.event, conversationId);
-      if (saving) await saving;
+      await onEvent(ctx, state, item.event, conversationId);
       if (state.terminal) dog.touch(Math.min(idleTimeoutMs, TERMINAL_GRACE_MS));
     }
     state.eof = true;
@@ -297,11 +295,8 @@ async function runAttempt(ctx: Ctx, conversationId: string | undefined): Promise
   }
 }
 
-/**
- * Applies one data event: ids, the conversation callback, errors, text, files, terminal. Returns
- * the conversation callback's promise when the event brought a new conversation id.
- */
-function onEvent(ctx: Ctx, state: AnswerState, e: RawDifyEvent, sentConversationId: string | undefined): Promise<void> | void {
+/** Applies one data event: ids, the conversation callback, errors, text, files, terminal. */
+async function onEvent(ctx: Ctx, state: AnswerState, e: RawDifyEvent, sentConversationId: string | undefined): Promise<void> {
   state.dataEvents++;
   state.firstEventMs ??= Date.now() - ctx.startedAt;
   if (typeof e.task_id === 'string' && e.task_id) state.taskId ??= e.task_id;
@@ -310,12 +305,10 @@ function onEvent(ctx: Ctx, state: AnswerState, e: RawDifyEvent, sentConversation
     state.terminal = true;
     throw streamError(e, state.text === '' && sentConversationId !== undefined);
   }
-  let saving: Promise<void> | void | undefined;
   if (typeof e.conversation_id === 'string' && e.conversation_id && state.conversationId === undefined) {
     state.conversationId = e.conversation_id;
-    if (e.conversation_id !== sentConversationId) saving = ctx.req.onConversationId?.(e.conversation_id);
+    if (e.conversation_id !== sentConversationId) await ctx.req.onConversationId?.(e.conversation_id);
   }
-  if (saving) return saving.then(() => applyEvent(ctx, state, e));
   applyEvent(ctx, state, e);
 }
 
