@@ -72,7 +72,7 @@ export class ImagePrefetch {
     const key = pathKey(file.url);
     if (!key || !isImageFile(file) || this.#started.has(key) || this.#started.size >= MAX_ANSWER_IMAGES) return;
     const url = new URL(file.url);
-    if (url.origin !== this.opts.difyOrigin && url.protocol !== 'https:') return;
+    if (!mayFetch(url, this.opts.difyOrigin)) return;
     const body = fetchImage(url, this.opts.signal);
     body.catch(() => undefined); // handled by whoever takes it; an answer that fails never does
     this.#started.set(key, body);
@@ -116,11 +116,15 @@ export function sniffImage(bytes: Buffer): (typeof IMAGE_FORMATS)[number] | unde
   return IMAGE_FORMATS.find((f) => bytes.subarray(0, f.magic.length).equals(f.magic));
 }
 
+/** Answers may carry any URL a model wrote: only Dify's own files and public https ones are fetched. */
+function mayFetch(url: URL, difyOrigin: string): boolean {
+  return url.origin === difyOrigin || url.protocol === 'https:';
+}
+
 async function deliverImage(wechat: WeChatApi, file: AnswerFile, opts: { difyOrigin: string; log: Logger; signal?: AbortSignal; prefetched?: ImagePrefetch | undefined }): Promise<Outcome> {
   const where = pathKey(file.url);
   const url = new URL(file.url);
-  // Answers may carry any URL a model wrote: fetch only Dify's own files and public https ones.
-  if (url.origin !== opts.difyOrigin && url.protocol !== 'https:') {
+  if (!mayFetch(url, opts.difyOrigin)) {
     opts.log.warn({ image: where }, 'answer image not fetched (not on Dify and not https); sending a link');
     return { link: true };
   }
