@@ -1,6 +1,7 @@
 import type { Job } from 'bullmq';
 import {
   AppError,
+  hasAttemptLeft,
   messagesFor,
   shapeAnswer,
   splitText,
@@ -62,7 +63,7 @@ export async function askDify(
   signal?: AbortSignal,
 ): Promise<AnswerPart[]> {
   const tr = messagesFor(account);
-  const mayRetry = job.attemptsMade + 1 < (job.opts.attempts ?? 1);
+  const mayRetry = hasAttemptLeft(job);
   const difyOrigin = new URL(account.difyApiBaseUrl).origin;
   const ctx: AskContext = { deps, account, tr, log, mayRetry, counted: new WeakSet(), conversation, difyOrigin, ...(signal ? { signal } : {}) };
   try {

@@ -1,5 +1,5 @@
 import { DelayedError, UnrecoverableError, type Job, type Queue } from 'bullmq';
-import { defineScript, promoteIfDelayed, redisKey, type PushJobData, type RedisClient } from '@wxdify/core';
+import { defineScript, hasAttemptLeft, parkJob, promoteIfDelayed, redisKey, type PushJobData, type RedisClient } from '@wxdify/core';
 
 /**
  * A parked push job looks again after this long, unless the job ahead of it promotes it sooner
@@ -72,8 +72,7 @@ export class PushLine {
     const keys = [this.#key('push-line', turn), this.#key('push-seen', turn)] as const;
     const checkIn = async () => (await this.#turn(...keys, job.id!, turn.order, Date.now(), STALE_MS, LINE_TTL_S)) === 1;
     if (!(await checkIn())) {
-      await job.moveToDelayed(Date.now() + PARK_MS, token);
-      throw new DelayedError();
+      await parkJob(job, token, PARK_MS);
     }
     let head = true;
     const timer = setInterval(() => void checkIn().then((h) => (head = h), () => undefined), CHECK_IN_MS);
@@ -109,5 +108,5 @@ export class PushLine {
 
 /** True when BullMQ will run the job again after this error (attempts left, not unrecoverable). */
 function willRetry(job: Job, err: unknown): boolean {
-  return !(err instanceof UnrecoverableError) && job.attemptsMade + 1 < (job.opts.attempts ?? 1);
+  return !(err instanceof UnrecoverableError) && hasAttemptLeft(job);
 }

@@ -1,5 +1,5 @@
-import { DelayedError, type Job, type Queue } from 'bullmq';
-import { promoteIfDelayed, type AnswerJobData, type DeliveryStore } from '@wxdify/core';
+import type { Job, Queue } from 'bullmq';
+import { parkJob, promoteIfDelayed, type AnswerJobData, type DeliveryStore } from '@wxdify/core';
 
 /** A job that is not its follower's turn sleeps this long unless the job before it promotes it sooner. */
 const TURN_RETRY_MS = 5000;
@@ -40,8 +40,7 @@ export class UserTurns {
       if (!(await this.#isOver(account, openId, head))) break;
       await this.#store.leaveLine(account, openId, head);
     }
-    await job.moveToDelayed(Date.now() + TURN_RETRY_MS, token);
-    throw new DelayedError();
+    return parkJob(job, token, TURN_RETRY_MS);
   }
 
   /** Wakes the next job in a follower's line at once (its turn came when the previous one stored its answer). */

@@ -1,4 +1,4 @@
-import type { JobsOptions, Queue } from 'bullmq';
+import { DelayedError, type Job, type JobsOptions, type Queue } from 'bullmq';
 import type { InboundMessage } from './wechat/index.js';
 
 /**
@@ -86,6 +86,20 @@ export function messageJobId(account: string, message: InboundMessage): string {
     return `e~${account}~${message.fromUserName}~${message.createTime}~${encodeURIComponent(message.event)}~${key}`;
   }
   return `m~${account}~${message.fromUserName}~${message.msgId ?? message.createTime}`;
+}
+
+/**
+ * Puts the running `job` back to `delayed` until `delayMs` from now, without using an attempt, and
+ * throws BullMQ's DelayedError so its processor ends there ("not now": a turn to wait for, a shutdown).
+ */
+export async function parkJob(job: Job, token: string | undefined, delayMs: number): Promise<never> {
+  await job.moveToDelayed(Date.now() + delayMs, token);
+  throw new DelayedError();
+}
+
+/** True while BullMQ would run `job` again after this run fails (an attempt is left). */
+export function hasAttemptLeft(job: Job): boolean {
+  return job.attemptsMade + 1 < (job.opts.attempts ?? 1);
 }
 
 /**

@@ -1,6 +1,7 @@
-import { DelayedError, UnrecoverableError, type Job, type Queue } from 'bullmq';
+import { UnrecoverableError, type Job, type Queue } from 'bullmq';
 import {
   enqueuePush,
+  parkJob,
   withBindings,
   type AccountConfig,
   type AnswerJobData,
@@ -65,8 +66,7 @@ export function createAnswerProcessor(deps: AnswerProcessorDeps) {
         if (!signal?.aborted) throw err;
         // The worker is shutting down: hand the job back untouched (no attempt used) for another worker.
         log.warn('shutting down mid-answer; job handed back to the queue');
-        await job.moveToDelayed(Date.now(), token);
-        throw new DelayedError();
+        return parkJob(job, token, 0);
       })
       .catch((err: unknown) => {
         typing?.stop({ cancel: true });

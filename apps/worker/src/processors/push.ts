@@ -1,7 +1,8 @@
-import { DelayedError, UnrecoverableError, type Job } from 'bullmq';
+import { UnrecoverableError, type Job } from 'bullmq';
 import {
   AppError,
   messagesFor,
+  parkJob,
   withBindings,
   type AccountConfig,
   type AnswerPart,
@@ -59,8 +60,7 @@ export function createPushProcessor(deps: PushProcessorDeps) {
         if (signal?.aborted || !isHead()) {
           // Shutting down (or our turn was lost): hand the job back; the parts sent so far stay claimed.
           ctx.log.warn({ pushed }, 'push interrupted between parts; job handed back to the queue');
-          await job.moveToDelayed(Date.now(), token);
-          throw new DelayedError();
+          return parkJob(job, token, 0);
         }
         const outcome = await pushNext(ctx, firstAt);
         if (outcome === 'none') break;
