@@ -77,9 +77,15 @@ class BoundLogger {
   readonly #parent: Logger;
   readonly #bindings: Record<string, unknown>;
 
-  constructor(parent: Logger, bindings: Record<string, unknown>) {
-    this.#parent = parent;
-    this.#bindings = bindings;
+  constructor(parent: Logger | BoundLogger, bindings: Record<string, unknown>) {
+    // Bindings on bindings (the ingress's request, then its message) become one set over the pino logger.
+    if (parent instanceof BoundLogger) {
+      this.#parent = parent.#parent;
+      this.#bindings = { ...parent.#bindings, ...bindings };
+    } else {
+      this.#parent = parent;
+      this.#bindings = bindings;
+    }
   }
 
   get level(): string {
