@@ -243,8 +243,8 @@ async function deliver(deps: ReplyFlowDeps, ref: AnswerRef, result: SettleResult
   const path = result.state === 'fetched' ? 'fetched' : 'passive';
   const first = parts[0] ?? { type: 'text', text: messagesFor(ref.account)('difyError') };
   if (parts.length <= 1) return { kind: 'reply', part: first, path };
-  // The rest stays reachable with `1` (a `1` that fetched it found it pending already: ZADD NX).
-  await deps.store.setPending(ref.account.id, ref.openId, ref.jobId);
+  // The rest stays reachable with `1`; an answer a `1` fetched was found in the pending set already.
+  if (path === 'passive') await deps.store.setPending(ref.account.id, ref.openId, ref.jobId);
   return { kind: 'reply', part: await handOverRest(deps, ref, first, 1, parts.length - 1), path };
 }
 
