@@ -212,9 +212,8 @@ async function fetchPending(
   const tr = messagesFor(account);
   const ref: AnswerRef = { account, openId: message.fromUserName, jobId };
   // Recorded like an attempt: it opens a fresh push allowance, and WeChat's retries of this `1`
-  // count only once against MAX_CONTINUE_COUNT.
-  const attempt = await countAttempt(deps, account, message, arrivedAt);
-  const { state, firstAt } = await deps.store.peek(jobId);
+  // count only once against MAX_CONTINUE_COUNT. The two touch different keys: one round trip.
+  const [attempt, { state, firstAt }] = await Promise.all([countAttempt(deps, account, message, arrivedAt), deps.store.peek(jobId)]);
   // `attempt` is this `1`'s (its retries are not new messages); `firstAt` the answered message's (its latency).
   const counted = (outcome: Outcome | undefined) => outcome && { ...outcome, attempt, firstAt };
   if (state !== 'wait') return counted(await nextPart(deps, ref));
