@@ -5,7 +5,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { WeChatSimulator } from '../../packages/core/src/wechat/simulator.js';
 
 /** WeChat gives each callback attempt 5 s, and sends the next attempt 5 s after the previous one. */
-export const WECHAT_ATTEMPT_MS = 5000;
+const WECHAT_ATTEMPT_MS = 5000;
 const WECHAT_ATTEMPTS = 3;
 
 /** Wall-clock ms with sub-ms precision, comparable across the bench's processes. */
