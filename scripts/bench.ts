@@ -11,9 +11,10 @@
 // BENCH_SLOW_FOLLOWERS [300], BENCH_SLOW_DELAY_MS [6000], BENCH_WORKER_CONCURRENCY [300],
 // BENCH_DRAIN_MAX_S [30; 0 = no wait], BENCH_PHASES [paced,slow,fast,baseline], BENCH_CPU_PROF=1
 // (--cpu-prof in the ingress, the worker and the relay; summarize with
-// scripts/bench/profile-summary.ts), BENCH_KEEP=1 (keep logs).
+// scripts/bench/profile-summary.ts), BENCH_KEEP=1 (keep logs, slow.json and fast.json with every
+// latency measured).
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -97,6 +98,8 @@ async function run(): Promise<void> {
     if (sides.length) await phase('fast', () => fastRounds(sides));
     if (queue) results.fast = merged(queue);
     if (relay) results.baseline = merged(relay);
+    // every fast-path latency (ms), for the distribution behind p50 and p99
+    if (ctx.opts.keep) writeFileSync(join(ctx.dir, 'fast.json'), JSON.stringify({ queue: results.fast?.load.latencies, relay: results.baseline?.load.latencies }));
   } finally {
     info.disconnect();
   }

@@ -32,7 +32,7 @@ export interface BenchOptions {
   phases: Set<Phase>;
   /** --cpu-prof in the ingress, the worker and the relay; the profiles are kept. */
   cpuProf: boolean;
-  /** Keep the temp dir (logs, AOF, slow.json). */
+  /** Keep the temp dir (logs, AOF, slow.json, fast.json). */
   keep: boolean;
 }
 
