@@ -9,7 +9,8 @@
 // for a side's later rounds], BENCH_DURATION_S [15, measured per side], BENCH_ROUNDS [3 per side],
 // BENCH_PACED_RATE [100 messages/s], BENCH_PACED_S [8], BENCH_PACED_FOLLOWERS [64],
 // BENCH_SLOW_FOLLOWERS [300], BENCH_SLOW_DELAY_MS [6000], BENCH_WORKER_CONCURRENCY [300],
-// BENCH_DRAIN_MAX_S [30; 0 = no wait], BENCH_PHASES [paced,slow,fast,baseline], BENCH_CPU_PROF=1
+// BENCH_DRAIN_MAX_S [30; 0 = no wait], BENCH_PHASES [paced,slow,fast,baseline,parts], BENCH_PARTS_N
+// [2000 messages per part], BENCH_CPU_PROF=1
 // (--cpu-prof in the ingress, the worker and the relay; summarize with
 // scripts/bench/profile-summary.ts), BENCH_KEEP=1 (keep logs, slow.json and fast.json with every
 // latency measured).
@@ -30,6 +31,7 @@ import { Client, runClosedLoop, runPaced } from './bench/load.js';
 import { readOptions } from './bench/options.js';
 import { printResults, type BenchResults } from './bench/print.js';
 import { cpuMs, freePort, machineBusyMs, startChild, startRedis, stopChild, waitForOk, type Child } from './bench/processes.js';
+import { measureParts } from './bench/parts.js';
 import { slowPhase } from './bench/slow-phase.js';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
@@ -100,6 +102,14 @@ async function run(): Promise<void> {
     if (relay) results.baseline = merged(relay);
     // every fast-path latency (ms), for the distribution behind p50 and p99
     if (ctx.opts.keep) writeFileSync(join(ctx.dir, 'fast.json'), JSON.stringify({ queue: results.fast?.load.latencies, relay: results.baseline?.load.latencies }));
+    // last, with every service idle: the parts of a message, one at a time, in this process
+    if (ctx.opts.phases.has('parts')) {
+      results.parts = await phase('parts', () => measureParts({
+        account: { appId: APP_ID, token: TOKEN, encodingAesKey: AES_KEY },
+        difyBaseUrl: fakes.ready.difyBaseUrl, difyApiKey: fakes.ready.difyApiKey, redisUrl: redis.url, redisPid: redis.child.pid,
+        dir: ctx.dir, n: ctx.opts.partsN,
+      }));
+    }
   } finally {
     info.disconnect();
   }

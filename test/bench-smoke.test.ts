@@ -31,6 +31,7 @@ describe('npm run bench', () => {
       BENCH_PACED_S: '0.5',
       BENCH_PACED_RATE: '20',
       BENCH_DRAIN_MAX_S: '0',
+      BENCH_PARTS_N: '40',
     });
     expect(code, out).toBe(0);
     expect(out).not.toMatch(/^error:/m);
@@ -40,5 +41,10 @@ describe('npm run bench', () => {
     expect(Number(rate![2])).toBeGreaterThan(0);
     expect(out).toMatch(/^\| slow: answers delivered\s*\| 3\/3 /m);
     expect(out).toMatch(/^\| cost: Redis commands\/message\s*\|\s*\d/m);
+    // the parts table: every part measured, the Redis ones with redis-server's share
+    for (const part of ['callback decode, plain', 'Koa and @koa/router', 'log line', 'Dify call with got', 'SSE parsing']) {
+      expect(out).toMatch(new RegExp(`^\\| ${part}[^|]*\\| \\w+\\s*\\| -?\\d+\\.\\d`, 'm'));
+    }
+    expect(out).toMatch(/^\| BullMQ job: add, fetch, complete\s*\|[^|]*\|\s*\d+\.\d\s*\|\s*\d+\.\d\s*\|\s*\d+\.\d/m);
   }, 60_000);
 });

@@ -1,6 +1,6 @@
 // The bench's knobs, from the environment; the defaults are the run the performance issue asks for.
 
-export type Phase = 'paced' | 'slow' | 'fast' | 'baseline';
+export type Phase = 'paced' | 'slow' | 'fast' | 'baseline' | 'parts';
 
 /** Every knob of one bench run. */
 export interface BenchOptions {
@@ -30,6 +30,8 @@ export interface BenchOptions {
   /** Longest wait for an earlier phase's jobs before the next phase; 0 does not wait. */
   drainMaxMs: number;
   phases: Set<Phase>;
+  /** Messages per part in the parts table (its async parts run 32 at a time). */
+  partsN: number;
   /** --cpu-prof in the ingress, the worker and the relay; the profiles are kept. */
   cpuProf: boolean;
   /** Keep the temp dir (logs, AOF, slow.json, fast.json). */
@@ -56,7 +58,8 @@ export function readOptions(env: NodeJS.ProcessEnv): BenchOptions {
     pacedMs: num('BENCH_PACED_S', 8) * 1000,
     pacedFollowers: Math.round(num('BENCH_PACED_FOLLOWERS', 64)),
     drainMaxMs: num('BENCH_DRAIN_MAX_S', 30, true) * 1000,
-    phases: new Set((env.BENCH_PHASES ?? 'paced,slow,fast,baseline').split(',').map((s) => s.trim() as Phase)),
+    partsN: Math.round(num('BENCH_PARTS_N', 2000)),
+    phases: new Set((env.BENCH_PHASES ?? 'paced,slow,fast,baseline,parts').split(',').map((s) => s.trim() as Phase)),
     cpuProf: env.BENCH_CPU_PROF === '1',
     keep: env.BENCH_KEEP === '1',
   };

@@ -1,6 +1,7 @@
 // The bench's output: a heading that says what ran where, one markdown table with PASS/FAIL per
 // target, and the notes that explain the numbers.
 import type { FastMeasure } from './fast-phase.js';
+import type { PartCost } from './parts.js';
 import type { ClosedLoopResult } from './load.js';
 import type { BenchOptions } from './options.js';
 import { describeMachine, fmt, percentile, table, verdict } from './report.js';
@@ -13,6 +14,7 @@ export interface BenchResults {
   paced?: ClosedLoopResult;
   pacedBaseline?: ClosedLoopResult;
   slow?: SlowMeasure;
+  parts?: PartCost[];
   drainedMs: number[];
   /** Share of a core used by other processes of the machine, per phase. */
   noise: Map<string, number>;
@@ -41,6 +43,7 @@ export function printResults(r: BenchResults, opts: BenchOptions, info: RunInfo)
     `after ${opts.slowDelayMs / 1000} s, WeChat's attempts at 0/5/10 s cut at 5 s` +
     (r.drainedMs.length ? `; waited ${r.drainedMs.map((ms) => (ms / 1000).toFixed(1)).join(', ')} s for earlier jobs to drain` : '') + '\n');
   console.log(table(['measure', 'queue (ingress + worker)', 'baseline relay', 'target', 'result'], [...fastRows(r, opts), ...slowRows(r), ...costRows(r)]));
+  if (r.parts) printParts(r.parts, opts);
   notes(r);
 }
 
@@ -97,6 +100,15 @@ function costRows({ fast, baseline, noise }: BenchResults): string[][] {
     ['machine: CPU of other processes (% of a core)', [...noise].map(([k, v]) => `${k} ${fmt(v * 100, 0)}`).join(', '), '', '< 10%',
       noise.size === 0 ? '–' : [...noise.values()].every((v) => v < 0.1) ? 'quiet' : 'NOISY'],
   ];
+}
+
+/** The parts of a message, each measured alone in the bench's process; Redis parts with redis-server's share. */
+function printParts(parts: PartCost[], opts: BenchOptions): void {
+  console.log(`\nThe parts of one message, each measured alone in the bench's process (${opts.partsN} messages, the async ones 32 at a time), ` +
+    'against the same fakes and Redis: CPU µs per message of the process that runs it, and of redis-server.\n');
+  console.log(table(['part', 'runs in', 'CPU µs/message', 'redis-server µs/message', 'Redis commands/message'], parts.map((p) => [
+    p.part, p.runsIn, fmt(p.us, 1), fmt(p.redisUs, 1), fmt(p.redisCommands, 1),
+  ])));
 }
 
 function notes(r: BenchResults): void {

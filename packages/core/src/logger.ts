@@ -1,4 +1,4 @@
-import { pino, type Logger, type LoggerOptions } from 'pino';
+import { pino, type DestinationStream, type Logger, type LoggerOptions } from 'pino';
 
 export type { Logger };
 
@@ -40,7 +40,7 @@ export const REDACT_PATHS = [
 ];
 
 /** The root logger of a process; everything else is a child of it. */
-export function createLogger(opts: { level?: string; name?: string; destination?: NodeJS.WritableStream } = {}): Logger {
+export function createLogger(opts: { level?: string; name?: string; destination?: DestinationStream } = {}): Logger {
   const options: LoggerOptions = {
     level: opts.level ?? 'info',
     base: opts.name ? { svc: opts.name } : null,
@@ -48,7 +48,7 @@ export function createLogger(opts: { level?: string; name?: string; destination?
     timestamp: pino.stdTimeFunctions.isoTime,
   };
   // Asynchronous writes to stdout: a log line never blocks the event loop; pino flushes at exit.
-  return pino(options, opts.destination ? (opts.destination as never) : pino.destination({ dest: 1, sync: false }));
+  return pino(options, opts.destination ?? pino.destination({ dest: 1, sync: false }));
 }
 
 /**
