@@ -367,6 +367,31 @@ describe('DifyClient onConversationId', () => {
     expect(seen).toEqual([{ id: answer.conversationId, settled: false }]);
   });
 
+  it('does not hold up the events after it: a file is seen while the save runs, and the answer waits for the save', async () => {
+    const { dify } = await setup({ mode: 'chat', chunkDelayMs: 10 });
+    let savedAt = 0;
+    let fileAt = 0;
+    const answer = await ask(dify, '[[scenario:message_file]] draw', {
+      onConversationId: async () => {
+        await sleep(400);
+        savedAt = Date.now();
+      },
+      onFile: () => { fileAt ||= Date.now(); },
+    });
+    const answeredAt = Date.now();
+    expect(answer.files).toHaveLength(1);
+    // the file event came a few chunks after the conversation id: it was applied at once
+    expect(fileAt).toBeGreaterThan(0);
+    expect(fileAt).toBeLessThan(savedAt);
+    expect(answeredAt).toBeGreaterThanOrEqual(savedAt);
+  });
+
+  it('keeps the answer when the save fails', async () => {
+    const { dify } = await setup({ mode: 'chat', answer: 'still answered' });
+    const answer = await ask(dify, 'hi', { onConversationId: () => Promise.reject(new Error('redis away')) });
+    expect(answer.text).toBe('still answered');
+  });
+
   it('is not called when the conversation continues under the same id', async () => {
     const { fake, dify } = await setup();
     const onConversationId = vi.fn();

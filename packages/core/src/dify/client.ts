@@ -10,7 +10,7 @@ let gotModule: Promise<Got> | undefined;
 const loadGot = (): Promise<Got> => (gotModule ??= import('got').then((m) => m.default));
 import { AppError } from '../errors.js';
 import type { Logger } from '../logger.js';
-import { isDifyEvent, readSseEvents } from './sse.js';
+import { SseDecoder, isDifyEvent, type SseItem } from './sse.js';
 import {
   APP_TYPE_MODES,
   type DifyAnswer,
@@ -55,7 +55,12 @@ export interface DifyAskRequest {
   conversationId?: string;
   files?: DifyFileInput[];
   signal?: AbortSignal;
-  /** Awaited once, when the first event names a conversation other than `conversationId`: persist it then. */
+  /**
+   * Called once, when the first event names a conversation other than `conversationId`: persist it
+   * then. The stream is read on meanwhile; the answer (or the failure) returns only once the
+   * promise settled. A rejection is logged and the answer kept: the follower gets it, and their
+   * next message starts a new conversation.
+   */
   onConversationId?: (id: string) => void | Promise<void>;
   /** The job's logger; the client's otherwise. */
   logger?: Logger;
@@ -133,6 +138,8 @@ interface AnswerState {
   sawAgentMessage: boolean;
   terminal: boolean;
   eof: boolean;
+  /** onConversationId's work, awaited before the attempt returns (not before the next event is read). */
+  saving?: Promise<void>;
 }
 
 type AttemptAnswer = Omit<DifyAnswer, 'conversationReset' | 'totalMs'>;
@@ -258,45 +265,93 @@ async function askWithRetry(ctx: Ctx, conversationId: string | undefined): Promi
   }
 }
 
-/** One HTTP request: stream, parse, and always close it when done or giving up. */
+/**
+ * One HTTP request. A conversation id being saved is waited for before the answer (or the failure)
+ * returns: the follower's next message reads it.
+ */
 async function runAttempt(ctx: Ctx, conversationId: string | undefined): Promise<AttemptAnswer> {
-  const { idleTimeoutMs } = ctx.opts;
-  const route = routeOf(ctx.mode);
-  const ac = new AbortController();
-  const dog = startWatchdog(ac, idleTimeoutMs, ctx.deadlineAt, ctx.req.signal);
   const state: AnswerState = { text: '', files: new Map(), dataEvents: 0, sawAgentMessage: false, terminal: false, eof: false };
+  try {
+    return await streamAttempt(ctx, conversationId, state);
+  } finally {
+    await state.saving?.catch((err: unknown) => ctx.log.warn({ err }, 'dify conversation id not saved; the next message starts a new conversation'));
+  }
+}
+
+/**
+ * Streams and parses one request into `state`, and always closes it when done or giving up. The
+ * watchdog destroys the stream itself (got's `signal` option costs about 40 µs a request) and
+ * the events are read from `data` listeners (an async iterator costs about as much again).
+ */
+async function streamAttempt(ctx: Ctx, conversationId: string | undefined, state: AnswerState): Promise<AttemptAnswer> {
+  const route = routeOf(ctx.mode);
   let stream: Request | undefined;
+  let dog: Watchdog | undefined;
   try {
     stream = (await loadGot()).stream.post(`${ctx.base}${route.run}`, {
       json: buildBody(ctx, conversationId),
       headers: { ...authHeader(ctx.opts), accept: 'text/event-stream', 'accept-encoding': 'identity' },
       throwHttpErrors: false,
       retry: { limit: 0 },
-      signal: ac.signal,
     });
+    dog = startWatchdog(stream, ctx.opts.idleTimeoutMs, ctx.deadlineAt, ctx.req.signal);
     const res = await waitForResponse(stream);
     if (res.statusCode !== 200) throw httpError(res.statusCode, await readErrorBody(stream), route.run, conversationId);
-    for await (const item of readSseEvents(stream, { log: ctx.log })) {
-      if (item.type === 'ping') continue;
-      dog.touch(idleTimeoutMs);
-      await onEvent(ctx, state, item.event, conversationId);
-      if (state.terminal) dog.touch(Math.min(idleTimeoutMs, TERMINAL_GRACE_MS));
-    }
+    await readEvents(ctx, state, stream, dog, conversationId);
     state.eof = true;
     return finish(ctx, state);
   } catch (err) {
     if (err instanceof AppError) throw err;
-    if (dog.reason) return await onGiveUp(ctx, state, dog.reason, conversationId);
+    if (dog?.reason) return await onGiveUp(ctx, state, dog.reason, conversationId);
     return onBrokenStream(ctx, state, err);
   } finally {
-    dog.clear();
+    dog?.clear();
     stream?.destroy();
     if (!state.terminal && !state.eof && state.taskId) sendStop(ctx, route.stop(state.taskId));
   }
 }
 
+/** Applies the stream's events as they come, until it ends; rejects with the first error (a stream `error` event's included). */
+function readEvents(ctx: Ctx, state: AnswerState, stream: Request, dog: Watchdog, conversationId: string | undefined): Promise<void> {
+  const { idleTimeoutMs } = ctx.opts;
+  const decoder = new SseDecoder({ log: ctx.log });
+  const apply = (items: SseItem[]) => {
+    for (const item of items) {
+      if (item.type === 'ping') continue;
+      dog.touch(idleTimeoutMs);
+      onEvent(ctx, state, item.event, conversationId);
+      if (state.terminal) dog.touch(Math.min(idleTimeoutMs, TERMINAL_GRACE_MS));
+    }
+  };
+  return new Promise((resolve, reject) => {
+    const fail = (err: unknown) => {
+      stream.off('data', onData);
+      reject(err);
+    };
+    const onData = (chunk: Buffer) => {
+      try {
+        apply(decoder.feed(chunk));
+      } catch (err) {
+        fail(err);
+      }
+    };
+    stream.on('data', onData);
+    stream.once('end', () => {
+      try {
+        apply(decoder.end());
+        resolve();
+      } catch (err) {
+        fail(err);
+      }
+    });
+    stream.once('error', fail);
+    // after 'end' or 'error' this changes nothing; without them (a close no error explains) it ends the wait
+    stream.once('close', () => fail(new Error('dify stream closed before its end')));
+  });
+}
+
 /** Applies one data event: ids, the conversation callback, errors, text, files, terminal. */
-async function onEvent(ctx: Ctx, state: AnswerState, e: RawDifyEvent, sentConversationId: string | undefined): Promise<void> {
+function onEvent(ctx: Ctx, state: AnswerState, e: RawDifyEvent, sentConversationId: string | undefined): void {
   state.dataEvents++;
   state.firstEventMs ??= Date.now() - ctx.startedAt;
   if (typeof e.task_id === 'string' && e.task_id) state.taskId ??= e.task_id;
@@ -307,7 +362,10 @@ async function onEvent(ctx: Ctx, state: AnswerState, e: RawDifyEvent, sentConver
   }
   if (typeof e.conversation_id === 'string' && e.conversation_id && state.conversationId === undefined) {
     state.conversationId = e.conversation_id;
-    if (e.conversation_id !== sentConversationId) await ctx.req.onConversationId?.(e.conversation_id);
+    if (e.conversation_id !== sentConversationId && ctx.req.onConversationId) {
+      state.saving = Promise.resolve(ctx.req.onConversationId(e.conversation_id));
+      state.saving.catch(() => undefined); // logged where it is awaited, in runAttempt
+    }
   }
   applyEvent(ctx, state, e);
 }
@@ -472,12 +530,15 @@ function routeOf(mode: DifyAppMode): (typeof ROUTES)[keyof typeof ROUTES] {
   return ROUTES.chat;
 }
 
-function startWatchdog(ac: AbortController, idleMs: number, deadlineAt: number, signal: AbortSignal | undefined) {
+type Watchdog = ReturnType<typeof startWatchdog>;
+
+/** Destroys `stream` when no data event came for the idle time, at the deadline, or when the caller aborts. */
+function startWatchdog(stream: Request, idleMs: number, deadlineAt: number, signal: AbortSignal | undefined) {
   let reason: StopReason | undefined;
   const fire = (r: StopReason): void => {
     if (reason) return;
     reason = r;
-    ac.abort(new Error(`dify request given up: ${r}`));
+    stream.destroy(new Error(`dify request given up: ${r}`));
   };
   let idleForMs = idleMs;
   let idle = setTimeout(fire, idleMs, 'idle');

@@ -1,4 +1,4 @@
-import { createParser, type EventSourceMessage, type ParseError } from 'eventsource-parser';
+import { createParser, type EventSourceMessage, type EventSourceParser, type ParseError } from 'eventsource-parser';
 import { AppError } from '../errors.js';
 import type { Logger } from '../logger.js';
 import type { DifyEventMap, DifyEventName, RawDifyEvent } from './types.js';
@@ -10,49 +10,69 @@ export type SseItem = { type: 'event'; event: RawDifyEvent; id?: string } | { ty
 export const DEFAULT_MAX_SSE_BUFFER = 8 * 1024 * 1024;
 
 /**
- * Reads a Dify event stream (a got stream, or any async iterable of bytes) into parsed JSON events.
+ * Decodes a Dify event stream chunk by chunk, as the bytes come (a `data` listener feeds it).
  *
  * Dify frames events as `data: <json>\n\n` and keep-alives as `event: ping\n\n` with no data line
  * (https://docs.dify.ai/en/api-reference/guides/streaming). An SSE parser never dispatches a block
- * without data, so a ping is seen as bytes that complete no data event: those chunks (and comments,
- * and `event: ping` blocks that do carry data) are yielded as `{ type: 'ping' }` for the watchdog to
- * ignore. Malformed JSON is logged and skipped; a frame beyond `maxBufferSize` is fatal.
+ * without data, so a ping is seen as bytes that complete no data event: such a chunk (and comments,
+ * and `event: ping` blocks that do carry data) gives `{ type: 'ping' }` for the watchdog to ignore.
+ * Malformed JSON is logged and skipped; a frame beyond `maxBufferSize` is fatal.
  */
+export class SseDecoder {
+  readonly #maxBufferSize: number;
+  readonly #pending: SseItem[] = [];
+  readonly #parser: EventSourceParser;
+  // stream mode keeps a multi-byte character (CJK) split across chunks for the next decode
+  readonly #decoder = new TextDecoder('utf-8');
+  #overflow: ParseError | undefined;
+
+  constructor(opts: { log: Logger; maxBufferSize?: number }) {
+    const { log } = opts;
+    this.#maxBufferSize = opts.maxBufferSize ?? DEFAULT_MAX_SSE_BUFFER;
+    this.#parser = createParser({
+      maxBufferSize: this.#maxBufferSize,
+      onEvent: (msg) => {
+        const item = toItem(msg, log);
+        if (item) this.#pending.push(item);
+      },
+      onComment: () => this.#pending.push({ type: 'ping' }),
+      onError: (err) => {
+        if (err.type === 'max-buffer-size-exceeded') this.#overflow = err;
+        else log.debug({ err: err.message }, 'dify sse line ignored');
+      },
+    });
+  }
+
+  /** The items this chunk completes, or one ping when it completes none. */
+  feed(chunk: Uint8Array | string): SseItem[] {
+    this.#parser.feed(typeof chunk === 'string' ? chunk : this.#decoder.decode(chunk, { stream: true }));
+    if (this.#pending.length === 0 && !this.#overflow) return [{ type: 'ping' }];
+    return this.#drain();
+  }
+
+  /**
+   * The items left at the end of the stream: a last event may lack its blank line (or be cut
+   * mid-line); it is terminated so that it is dispatched, or fails JSON.parse and is skipped.
+   */
+  end(): SseItem[] {
+    this.#parser.feed(`${this.#decoder.decode()}\n\n`);
+    return this.#drain();
+  }
+
+  #drain(): SseItem[] {
+    if (this.#overflow) throw new AppError('dify_stream', `dify sse frame larger than ${this.#maxBufferSize} characters`);
+    return this.#pending.splice(0);
+  }
+}
+
+/** Reads a Dify event stream (any async iterable of bytes) into items; see {@link SseDecoder}. */
 export async function* readSseEvents(
   source: AsyncIterable<Uint8Array | string>,
   opts: { log: Logger; maxBufferSize?: number },
 ): AsyncGenerator<SseItem> {
-  const maxBufferSize = opts.maxBufferSize ?? DEFAULT_MAX_SSE_BUFFER;
-  const pending: SseItem[] = [];
-  let overflow: ParseError | undefined;
-  const parser = createParser({
-    maxBufferSize,
-    onEvent: (msg) => {
-      const item = toItem(msg, opts.log);
-      if (item) pending.push(item);
-    },
-    onComment: () => pending.push({ type: 'ping' }),
-    onError: (err) => {
-      if (err.type === 'max-buffer-size-exceeded') overflow = err;
-      else opts.log.debug({ err: err.message }, 'dify sse line ignored');
-    },
-  });
-  // stream mode keeps a multi-byte character (CJK) split across chunks for the next decode
-  const decoder = new TextDecoder('utf-8');
-  const drain = function* (): Generator<SseItem> {
-    if (overflow) throw new AppError('dify_stream', `dify sse frame larger than ${maxBufferSize} characters`);
-    yield* pending.splice(0);
-  };
-
-  for await (const chunk of source) {
-    parser.feed(typeof chunk === 'string' ? chunk : decoder.decode(chunk, { stream: true }));
-    if (pending.length === 0 && !overflow) yield { type: 'ping' };
-    else yield* drain();
-  }
-  // A last event may lack its blank line (or be cut mid-line): terminate it so it is dispatched, or
-  // fails JSON.parse and is skipped.
-  parser.feed(`${decoder.decode()}\n\n`);
-  yield* drain();
+  const decoder = new SseDecoder(opts);
+  for await (const chunk of source) yield* decoder.feed(chunk);
+  yield* decoder.end();
 }
 
 /** Narrows a raw event to its documented shape by name. Fields a release omits stay optional. */
