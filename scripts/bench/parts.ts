@@ -19,7 +19,7 @@ import {
   createLogger,
   decodeRequest,
   encodeReply,
-  readSseEvents,
+  SseDecoder,
   shapeAnswer,
   splitText,
   withBindings,
@@ -97,7 +97,7 @@ export async function measureParts(t: PartsTarget): Promise<PartCost[]> {
   });
   const raw = await measureRawDify(t);
   add('the same stream read with node:http, unparsed', 'reference', { us: raw.us });
-  add('SSE parsing of the answer (eventsource-parser, JSON)', 'worker', { us: await measureSse(raw.frames, t.n, logFile) });
+  add('SSE parsing of the answer (eventsource-parser, JSON)', 'worker', { us: measureSse(raw.frames, t.n, logFile) });
   add('answer shaping (markdown, split)', 'worker', { us: perOp(t.n, (i) => splitText(shapeAnswer(`${answer} ${i}`, { difyOrigin: 'http://127.0.0.1' }).text)) });
   return rows;
 }
@@ -296,12 +296,12 @@ async function measureRawDify(t: PartsTarget): Promise<{ us: number; frames: Buf
   return { us, frames };
 }
 
-/** readSseEvents over one answer's frames, as the Dify client runs it (one chunk per frame). */
-async function measureSse(frames: Buffer[], n: number, file: DestinationStream): Promise<number> {
+/** The Dify client's SSE decoding of one answer's frames, one chunk per frame (as the fake writes them). */
+function measureSse(frames: Buffer[], n: number, file: DestinationStream): number {
   const log = createLogger({ level: 'warn', destination: file });
-  const read = async () => {
-    const source = (async function* () { yield* frames; })();
-    for await (const item of readSseEvents(source, { log })) void item;
-  };
-  return perAsyncOp(n, read);
+  return perOp(n, () => {
+    const decoder = new SseDecoder({ log });
+    for (const frame of frames) decoder.feed(frame);
+    decoder.end();
+  });
 }
