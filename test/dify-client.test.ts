@@ -3,7 +3,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import {
   createDifyClient,
-  readSseEvents,
+  SseDecoder,
   type DifyClient,
   type DifyClientOptions,
   type SseItem,
@@ -50,34 +50,30 @@ async function rejection(p: Promise<unknown>): Promise<AppError> {
   return err as AppError;
 }
 
-async function* bytes(parts: Array<string | Buffer>): AsyncGenerator<Buffer> {
-  for (const p of parts) yield typeof p === 'string' ? Buffer.from(p) : p;
+/** What the client's SSE decoder makes of `parts`, fed one chunk each (strings as UTF-8 bytes), then ended. */
+function decode(parts: Array<string | Buffer>, maxBufferSize?: number): SseItem[] {
+  const decoder = new SseDecoder({ log: logger, ...(maxBufferSize === undefined ? {} : { maxBufferSize }) });
+  return [...parts.flatMap((p) => decoder.feed(typeof p === 'string' ? Buffer.from(p) : p)), ...decoder.end()];
 }
 
-async function collect(source: AsyncIterable<Buffer>): Promise<SseItem[]> {
-  const out: SseItem[] = [];
-  for await (const item of readSseEvents(source, { log: logger })) out.push(item);
-  return out;
-}
-
-describe('readSseEvents', () => {
+describe('SseDecoder', () => {
   it('decodes CJK split inside a character, byte by byte', async () => {
     const wire = Buffer.from('data: {"event":"message","answer":"你好，世界🙂"}\n\n');
-    const items = await collect(bytes([...wire].map((b) => Buffer.from([b]))));
+    const items = decode([...wire].map((b) => Buffer.from([b])));
     const events = items.filter((i) => i.type === 'event');
     expect(events).toEqual([{ type: 'event', event: { event: 'message', answer: '你好，世界🙂' } }]);
   });
 
   it('surfaces data-less pings separately from data events', async () => {
-    const items = await collect(bytes(['event: ping\n\n', 'data: {"event":"message","answer":"a"}\n\n', ': comment\n\n']));
+    const items = decode(['event: ping\n\n', 'data: {"event":"message","answer":"a"}\n\n', ': comment\n\n']);
     expect(items.map((i) => i.type)).toEqual(['ping', 'event', 'ping']);
   });
 
   it('accepts CRLF, id lines, spaced JSON and a last event without its blank line', async () => {
-    const items = await collect(bytes([
+    const items = decode([
       'id: 1-0\r\ndata: {"event": "message", "answer": "\\u4f60"}\r\n\r\n',
       'data:{"event":"message_end"}',
-    ]));
+    ]);
     expect(items.filter((i) => i.type === 'event')).toEqual([
       { type: 'event', event: { event: 'message', answer: '你' }, id: '1-0' },
       { type: 'event', event: { event: 'message_end' } },
@@ -85,16 +81,20 @@ describe('readSseEvents', () => {
   });
 
   it('skips malformed JSON and a frame cut mid-line without failing', async () => {
-    const items = await collect(bytes(['data: {oops\n\n', 'data: {"event":"message","answer":"ok"}\n\n', 'data: {"event":"mess']));
+    const items = decode(['data: {oops\n\n', 'data: {"event":"message","answer":"ok"}\n\n', 'data: {"event":"mess']);
     expect(items.filter((i) => i.type === 'event')).toEqual([{ type: 'event', event: { event: 'message', answer: 'ok' } }]);
   });
 
   it('fails on a frame larger than maxBufferSize', async () => {
     const big = `data: {"event":"message","answer":"${'x'.repeat(2_000)}"}\n\n`;
-    const err = await rejection((async () => {
-      for await (const _ of readSseEvents(bytes(big.match(/[^]{1,100}/g) ?? []), { log: logger, maxBufferSize: 1_000 })) { /* drain */ }
-    })());
-    expect(err.code).toBe('dify_stream');
+    let err: unknown;
+    try {
+      decode(big.match(/[^]{1,100}/g) ?? [], 1_000);
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(AppError);
+    expect((err as AppError).code).toBe('dify_stream');
   });
 });
 
@@ -382,13 +382,17 @@ describe('DifyClient onConversationId', () => {
     expect(answer.files).toHaveLength(1);
     // the file event came a few chunks after the conversation id: it was applied at once
     expect(fileAt).toBeGreaterThan(0);
+    expect(savedAt).toBeGreaterThan(0);
     expect(fileAt).toBeLessThan(savedAt);
     expect(answeredAt).toBeGreaterThanOrEqual(savedAt);
   });
 
-  it('keeps the answer when the save fails', async () => {
+  it.each([
+    ['rejects', () => Promise.reject(new Error('redis away'))],
+    ['throws at once', () => { throw new Error('redis away'); }],
+  ])('keeps the answer when the save %s', async (_how, onConversationId: () => Promise<void>) => {
     const { dify } = await setup({ mode: 'chat', answer: 'still answered' });
-    const answer = await ask(dify, 'hi', { onConversationId: () => Promise.reject(new Error('redis away')) });
+    const answer = await ask(dify, 'hi', { onConversationId });
     expect(answer.text).toBe('still answered');
   });
 

@@ -105,7 +105,8 @@ function costRows({ fast, baseline, noise }: BenchResults): string[][] {
 /** The parts of a message, each measured alone in the bench's process; Redis parts with redis-server's share. */
 function printParts(parts: PartCost[], opts: BenchOptions): void {
   console.log(`\nThe parts of one message, each measured alone in the bench's process (${opts.partsN} messages, the async ones 32 at a time), ` +
-    'against the same fakes and Redis: CPU µs per message of the process that runs it, and of redis-server.\n');
+    'against the same fakes and Redis: CPU µs per message of the process that runs it, and of redis-server. Some rows contain others ' +
+    '(the decode includes the signature check, the Dify call the SSE parsing): they do not add up.\n');
   console.log(table(['part', 'runs in', 'CPU µs/message', 'redis-server µs/message', 'Redis commands/message'], parts.map((p) => [
     p.part, p.runsIn, fmt(p.us, 1), fmt(p.redisUs, 1), fmt(p.redisCommands, 1),
   ])));

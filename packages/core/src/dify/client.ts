@@ -311,7 +311,10 @@ async function streamAttempt(ctx: Ctx, conversationId: string | undefined, state
   }
 }
 
-/** Applies the stream's events as they come, until it ends; rejects with the first error (a stream `error` event's included). */
+/**
+ * Applies the stream's events as they come, until it ends; rejects with the first error (a
+ * stream `error` event's included). Settles once, and then no listener of it is left.
+ */
 function readEvents(ctx: Ctx, state: AnswerState, stream: Request, dog: Watchdog, conversationId: string | undefined): Promise<void> {
   const { idleTimeoutMs } = ctx.opts;
   const decoder = new SseDecoder({ log: ctx.log });
@@ -324,29 +327,28 @@ function readEvents(ctx: Ctx, state: AnswerState, stream: Request, dog: Watchdog
     }
   };
   return new Promise((resolve, reject) => {
-    const fail = (err: unknown) => {
-      stream.off('data', onData);
-      reject(err);
+    const settle = (err?: unknown) => {
+      stream.off('data', onData).off('end', onEnd).off('error', settle).off('close', onClose);
+      if (err === undefined) resolve();
+      else reject(err);
     };
-    const onData = (chunk: Buffer) => {
+    const guarded = (step: () => void) => {
       try {
-        apply(decoder.feed(chunk));
+        step();
       } catch (err) {
-        fail(err);
+        settle(err);
       }
     };
-    stream.on('data', onData);
-    stream.once('end', () => {
-      try {
-        apply(decoder.end());
-        resolve();
-      } catch (err) {
-        fail(err);
-      }
+    const onData = (chunk: Buffer) => guarded(() => apply(decoder.feed(chunk)));
+    const onEnd = () => guarded(() => {
+      apply(decoder.end());
+      settle();
     });
-    stream.once('error', fail);
-    // after 'end' or 'error' this changes nothing; without them (a close no error explains) it ends the wait
-    stream.once('close', () => fail(new Error('dify stream closed before its end')));
+    // a close that no 'end' or 'error' came before
+    const onClose = () => settle(new Error('dify stream closed before its end'));
+    // destroyed before this was reached (the watchdog, between the response and here): nothing more will come
+    if (stream.destroyed) return settle(stream.errored ?? new Error('dify stream closed before its end'));
+    stream.on('data', onData).once('end', onEnd).once('error', settle).once('close', onClose);
   });
 }
 
@@ -362,8 +364,11 @@ function onEvent(ctx: Ctx, state: AnswerState, e: RawDifyEvent, sentConversation
   }
   if (typeof e.conversation_id === 'string' && e.conversation_id && state.conversationId === undefined) {
     state.conversationId = e.conversation_id;
-    if (e.conversation_id !== sentConversationId && ctx.req.onConversationId) {
-      state.saving = Promise.resolve(ctx.req.onConversationId(e.conversation_id));
+    const save = ctx.req.onConversationId;
+    if (e.conversation_id !== sentConversationId && save) {
+      const id = e.conversation_id;
+      // async: a callback that throws at once is a failed save too, not a broken stream
+      state.saving = (async () => save(id))();
       state.saving.catch(() => undefined); // logged where it is awaited, in runAttempt
     }
   }
@@ -563,7 +568,7 @@ function startWatchdog(stream: Request, idleMs: number, deadlineAt: number, sign
 function waitForResponse(stream: Request): Promise<Response> {
   return new Promise((resolve, reject) => {
     stream.once('response', resolve);
-    // stays attached: an error after the response is rethrown by the reader's iterator
+    // stays attached: it absorbs an error after the response, which readEvents reports
     stream.on('error', reject);
   });
 }

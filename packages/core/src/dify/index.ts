@@ -1,5 +1,5 @@
 export * from './types.js';
-export { SseDecoder, readSseEvents, isDifyEvent, DEFAULT_MAX_SSE_BUFFER, type SseItem } from './sse.js';
+export { SseDecoder, isDifyEvent, DEFAULT_MAX_SSE_BUFFER, type SseItem } from './sse.js';
 export {
   createDifyClient,
   resolveDifyUrl,

@@ -65,16 +65,6 @@ export class SseDecoder {
   }
 }
 
-/** Reads a Dify event stream (any async iterable of bytes) into items; see {@link SseDecoder}. */
-export async function* readSseEvents(
-  source: AsyncIterable<Uint8Array | string>,
-  opts: { log: Logger; maxBufferSize?: number },
-): AsyncGenerator<SseItem> {
-  const decoder = new SseDecoder(opts);
-  for await (const chunk of source) yield* decoder.feed(chunk);
-  yield* decoder.end();
-}
-
 /** Narrows a raw event to its documented shape by name. Fields a release omits stay optional. */
 export function isDifyEvent<K extends DifyEventName>(e: RawDifyEvent, name: K): e is RawDifyEvent & DifyEventMap[K] {
   return e.event === name;
