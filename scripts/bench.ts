@@ -1,6 +1,7 @@
 // `npm run bench`: the queue (ingress + worker on Redis) against a one-process relay, on the same
 // fakes, in one run. Starts redis-server, the fakes, the built ingress and worker (later the relay)
-// as child processes, drives them the way WeChat does, prints one markdown table, exits 0.
+// as child processes, drives them the way WeChat does, prints a markdown table of the targets and
+// one of the parts of a message (measured last, in this process), exits 0.
 // Order: queue slow path, queue paced, relay paced, then the fast closed loop in rounds that
 // alternate queue, relay, relay, queue, queue, relay, … with all of them up (an idle one costs next
 // to nothing), so that the host's drift over the run lands on both sides of the throughput ratio alike.

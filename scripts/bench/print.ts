@@ -1,5 +1,5 @@
 // The bench's output: a heading that says what ran where, one markdown table with PASS/FAIL per
-// target, and the notes that explain the numbers.
+// target, the parts table, and the notes that explain the numbers.
 import type { FastMeasure } from './fast-phase.js';
 import type { PartCost } from './parts.js';
 import type { ClosedLoopResult } from './load.js';
