@@ -1,9 +1,7 @@
-import { Redis } from 'ioredis';
-import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { DeliveryStore, pushAllowanceFor, utf8Length } from '../packages/core/src/index.js';
-import { startFakeDify, type FakeDify } from './fakes/fake-dify.js';
-import { FakeWeChat } from './fakes/fake-wechat.js';
-import { startStack, testEnv, type Stack } from './helpers/stack.js';
+import { testEnv } from './helpers/stack.js';
+import { useFakeStack } from './helpers/fake-stack.js';
 import { metricDelta, metricValue, scrapeMetrics } from './helpers/metrics.js';
 import { difyCallsFor, eventually, nextMsgId, sendText, slowQuery, twoModesConfigFile } from './helpers/wechat-timing.js';
 
@@ -15,30 +13,21 @@ const WINDOW = 1000;
 const withoutNotice = (text: string) => text.replace(/\n\n[^\n]*reply 1[^\n]*$/i, '');
 
 describe('pending answers and hand-overs (1 s window)', () => {
-  let dify: FakeDify;
-  let wechat: FakeWeChat;
-  let stack: Stack;
-  let redis: Redis;
-
-  beforeAll(async () => {
-    dify = await startFakeDify({ mode: 'chat', pingIntervalMs: 200 });
-    wechat = await new FakeWeChat().start();
-    // `push` and `wait`, and `quick`: waiting mode with RETRY_WAIT_TIMEOUT_RATIO 0.3.
-    const config = twoModesConfigFile(dify, wechat.url, { maxContinueCount: 2, welcomeMessage: 'Welcome aboard' }, [
-      { id: 'quick', enableCustomMessage: false, retryWaitTimeoutRatio: 0.3 },
-    ]);
-    stack = await startStack(testEnv({ dify, overrides: { CONFIG_FILE: config, WECHAT_TIMEOUT_MS: String(WINDOW), REPLY_MARGIN_MS: '100' } }));
-    redis = new Redis(inject('redisUrl'));
-  });
-  afterAll(async () => {
-    await stack.close();
-    await Promise.all([dify.close(), wechat.close(), redis.quit()]);
+  // `push` and `wait`, and `quick`: waiting mode with RETRY_WAIT_TIMEOUT_RATIO 0.3.
+  const fx = useFakeStack({
+    dify: { pingIntervalMs: 200 },
+    env: ({ dify, wechat }) => {
+      const config = twoModesConfigFile(dify, wechat.url, { maxContinueCount: 2, welcomeMessage: 'Welcome aboard' }, [
+        { id: 'quick', enableCustomMessage: false, retryWaitTimeoutRatio: 0.3 },
+      ]);
+      return testEnv({ dify, overrides: { CONFIG_FILE: config, WECHAT_TIMEOUT_MS: String(WINDOW), REPLY_MARGIN_MS: '100' } });
+    },
   });
 
-  const send = (account: string, openId: string, content: string, msgId?: string) => sendText(stack, WINDOW, account, openId, content, msgId);
+  const send = (account: string, openId: string, content: string, msgId?: string) => sendText(fx.stack, WINDOW, account, openId, content, msgId);
   const reply = async (account: string, openId: string, content: string) => (await send(account, openId, content).delivery).accepted?.reply?.Content ?? '';
-  const metrics = async () => scrapeMetrics(stack.ingress.url);
-  const difyCalls = (query: string) => difyCallsFor(dify, query);
+  const metrics = async () => scrapeMetrics(fx.stack.ingress.url);
+  const difyCalls = (query: string) => difyCallsFor(fx.dify, query);
 
   it('waiting mode: a burst of three late answers all reach the follower through `1`, once each, in order', async () => {
     const openId = 'o_burst_late';
@@ -59,7 +48,7 @@ describe('pending answers and hand-overs (1 s window)', () => {
     expect(answers).toEqual(['Echo: a', 'Echo: b', 'Echo: c']);
     // Nothing is left: the next `1` is an ordinary message.
     expect(await reply('wait', openId, '1')).toBe('Echo: 1');
-    expect(wechat.textsTo(openId)).toHaveLength(0);
+    expect(fx.wechat.textsTo(openId)).toHaveLength(0);
     for (const q of queries) expect(difyCalls(q)).toBe(1);
   });
 
@@ -68,12 +57,12 @@ describe('pending answers and hand-overs (1 s window)', () => {
     const longOf = (tag: string) => Array.from({ length: 8 }, (_, i) => `${tag}${i} ${'x'.repeat(1500)}`).join('\n\n');
     const seen: { at: number; text: string }[] = [];
     for (const tag of ['A', 'B']) {
-      const pushedBefore = wechat.textsTo(openId).length;
-      dify.enqueue({ name: 'normal', answer: longOf(tag) });
+      const pushedBefore = fx.wechat.textsTo(openId).length;
+      fx.dify.enqueue({ name: 'normal', answer: longOf(tag) });
       const result = await send('push', openId, `long ${tag}`).delivery;
       seen.push({ at: Date.now(), text: result.accepted!.reply!.Content! });
       // The first part went passively, then WeChat's allowance of 5 pushes; 2 parts are left.
-      await eventually(() => wechat.textsTo(openId).length >= pushedBefore + 5 || undefined);
+      await eventually(() => fx.wechat.textsTo(openId).length >= pushedBefore + 5 || undefined);
       await new Promise((r) => setTimeout(r, 150));
     }
     for (let i = 0; i < 10; i++) {
@@ -82,7 +71,7 @@ describe('pending answers and hand-overs (1 s window)', () => {
       seen.push({ at: Date.now(), text });
       await new Promise((r) => setTimeout(r, 200));
     }
-    seen.push(...wechat.pushed.filter((m) => m.touser === openId).map((m) => ({ at: m.at, text: m.text!.content })));
+    seen.push(...fx.wechat.pushed.filter((m) => m.touser === openId).map((m) => ({ at: m.at, text: m.text!.content })));
     seen.sort((a, b) => a.at - b.at);
     const tags = seen.map(({ text }) => withoutNotice(text).split(' ')[0]);
     const expected = ['A', 'B'].flatMap((t) => Array.from({ length: 8 }, (_, i) => `${t}${i}`));
@@ -95,19 +84,19 @@ describe('pending answers and hand-overs (1 s window)', () => {
     ['push', /taking a while/i],
   ] as const)('a last attempt that arrives after the due sweep handed the answer over says where it went (%s mode)', async (account, expected) => {
     const openId = `o_after_sweep_${account}`;
-    const sim = stack.simulator('safe', account);
+    const sim = fx.stack.simulator('safe', account);
     const xml = sim.messageXml(openId, { MsgType: 'text', Content: slowQuery(`swept ${account}`, 2000), MsgId: nextMsgId() });
     expect((await sim.attempt(xml, WINDOW)).status).toBe(503);
     expect((await sim.attempt(xml, WINDOW)).status).toBe(503);
     // WeChat's third attempt is lost on the way until after the sweep (4.5 s) handed the answer over.
-    const key = `${stack.config.queuePrefix}:msg:m~${account}~${openId}~${xml.match(/<MsgId>(\d+)</)![1]}`;
-    await eventually(async () => ((await redis.hget(key, 'state')) === account ? true : undefined), 8000);
+    const key = `${fx.stack.config.queuePrefix}:msg:m~${account}~${openId}~${xml.match(/<MsgId>(\d+)</)![1]}`;
+    await eventually(async () => ((await fx.redis.hget(key, 'state')) === account ? true : undefined), 8000);
     const third = await sim.attempt(xml, WINDOW);
     expect(third.status).toBe(200);
     expect(third.reply?.Content).toMatch(expected);
     if (account === 'push') {
-      await eventually(() => wechat.textsTo(openId)[0]);
-      expect(wechat.textsTo(openId)).toEqual([`Echo: swept ${account}`]);
+      await eventually(() => fx.wechat.textsTo(openId)[0]);
+      expect(fx.wechat.textsTo(openId)).toEqual([`Echo: swept ${account}`]);
     } else {
       expect(await reply(account, openId, '1')).toBe(`Echo: swept ${account}`);
     }
@@ -116,18 +105,18 @@ describe('pending answers and hand-overs (1 s window)', () => {
   it('a push hand-over whose process died before queuing the push is pushed by the next sweep', async () => {
     const openId = 'o_crashed_sweeper';
     const jobId = `m~push~${openId}~${nextMsgId()}`;
-    const store = new DeliveryStore(redis, stack.config.queuePrefix);
+    const store = new DeliveryStore(fx.redis, fx.stack.config.queuePrefix);
     await store.recordAttempt(jobId, { account: 'push', openId, queued: false, allowance: pushAllowanceFor({ kind: 'text' }) }, Date.now() - 20_000);
     await store.saveAnswer(jobId, { parts: [{ type: 'text', text: 'survived' }], readyAt: Date.now() }, { account: 'push', openId, dueAfterMs: 16_500 });
     // A sweeper hands it over, then dies before enqueueing the push.
     expect(await store.settle(jobId, 'handoff', 'push', { follower: { account: 'push', openId } })).toMatchObject({ state: 'push', won: true });
-    expect(await redis.zscore(store.dueKey, jobId)).not.toBeNull();
+    expect(await fx.redis.zscore(store.dueKey, jobId)).not.toBeNull();
     // Its grace period is over (instead of waiting 10 s): the running worker's sweep pushes it, once.
-    await redis.zadd(store.dueKey, Date.now(), jobId);
-    await eventually(() => wechat.textsTo(openId)[0], 3000);
+    await fx.redis.zadd(store.dueKey, Date.now(), jobId);
+    await eventually(() => fx.wechat.textsTo(openId)[0], 3000);
     await new Promise((r) => setTimeout(r, 1200));
-    expect(wechat.textsTo(openId)).toEqual(['survived']);
-    expect(await redis.zscore(store.dueKey, jobId)).toBeNull();
+    expect(fx.wechat.textsTo(openId)).toEqual(['survived']);
+    expect(await fx.redis.zscore(store.dueKey, jobId)).toBeNull();
   });
 
   it.each([
@@ -150,7 +139,7 @@ describe('pending answers and hand-overs (1 s window)', () => {
     const paragraph = `${'长'.repeat(330)} Lorem ipsum dolor sit amet. `;
     const long = Array.from({ length: 20 }, (_, i) => `${i} ${paragraph}`).join('\n\n');
     expect(utf8Length(long)).toBeGreaterThan(20_000);
-    dify.enqueue({ name: 'normal', answer: long });
+    fx.dify.enqueue({ name: 'normal', answer: long });
     const before = await metrics();
     const texts = [await reply('wait', openId, 'everything please')];
     for (let i = 0; i < 30; i++) {
@@ -161,7 +150,7 @@ describe('pending answers and hand-overs (1 s window)', () => {
     for (const text of texts) expect(utf8Length(text)).toBeLessThanOrEqual(2048);
     expect(texts.length).toBeGreaterThan(10);
     expect(texts.map(withoutNotice).join('').replace(/\s/g, '')).toBe(long.replace(/\s/g, ''));
-    expect(wechat.textsTo(openId)).toHaveLength(0);
+    expect(fx.wechat.textsTo(openId)).toHaveLength(0);
     // One answer delivered (its first part, passively) and the last `1`, an ordinary message once
     // nothing was left: the later parts are not more answers.
     const after = await metrics();
@@ -189,7 +178,7 @@ describe('pending answers and hand-overs (1 s window)', () => {
   });
 
   it('WeChat retries of /clear, a welcome and a silent event are not counted as new messages', async () => {
-    const sim = stack.simulator('safe', 'wait');
+    const sim = fx.stack.simulator('safe', 'wait');
     const openId = 'o_retried_commands';
     const before = await metrics();
     const clear = sim.messageXml(openId, { MsgType: 'text', Content: '/clear', MsgId: nextMsgId() });

@@ -1,30 +1,20 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startFakeDify, type FakeDify } from './fakes/fake-dify.js';
-import { FakeWeChat } from './fakes/fake-wechat.js';
-import { startStack, testEnv, type Stack } from './helpers/stack.js';
+import { describe, expect, it } from 'vitest';
+import { testEnv } from './helpers/stack.js';
+import { useFakeStack } from './helpers/fake-stack.js';
 import { eventually, nextMsgId, slowQuery, twoModesConfigFile } from './helpers/wechat-timing.js';
 
 // WeChat's real clock: attempts at t = 0, 5, 10 s, each cut at 5 s. All six followers run at once.
 describe("delivery on WeChat's real 5 s clock", () => {
-  let dify: FakeDify;
-  let wechat: FakeWeChat;
-  let stack: Stack;
-
-  beforeAll(async () => {
-    dify = await startFakeDify({ mode: 'chat', pingIntervalMs: 1000 });
-    wechat = await new FakeWeChat().start();
-    stack = await startStack(testEnv({ dify, overrides: { CONFIG_FILE: twoModesConfigFile(dify, wechat.url) } }));
-  });
-  afterAll(async () => {
-    await stack.close();
-    await Promise.all([dify.close(), wechat.close()]);
+  const fx = useFakeStack({
+    dify: { pingIntervalMs: 1000 },
+    env: ({ dify, wechat }) => testEnv({ dify, overrides: { CONFIG_FILE: twoModesConfigFile(dify, wechat.url) } }),
   });
 
   it('answers at 7 s, 12 s and 20 s reach the follower exactly once, in each mode', { timeout: 60_000 }, async () => {
     const started = Date.now();
     const follower = async (account: 'push' | 'wait', seconds: number) => {
       const openId = `o_real_${account}_${seconds}`;
-      const sim = stack.simulator('safe', account);
+      const sim = fx.stack.simulator('safe', account);
       const xml = sim.messageXml(openId, { MsgType: 'text', Content: slowQuery(`${account} ${seconds}s`, seconds * 1000), MsgId: nextMsgId() });
       const result = await sim.deliver(xml);
       return { account, seconds, openId, result, doneAt: Date.now() - started };
@@ -52,20 +42,20 @@ describe("delivery on WeChat's real 5 s clock", () => {
     // 20 s, customer-service mode: the timeout notice, then the answer pushed once.
     const push20 = runs.find((r) => r.account === 'push' && r.seconds === 20)!;
     expect(push20.result.accepted!.reply?.Content).toMatch(/taking a while/i);
-    await eventually(() => wechat.textsTo(push20.openId).length > 0, 15_000);
-    expect(wechat.textsTo(push20.openId)).toEqual(['Echo: push 20s']);
+    await eventually(() => fx.wechat.textsTo(push20.openId).length > 0, 15_000);
+    expect(fx.wechat.textsTo(push20.openId)).toEqual(['Echo: push 20s']);
 
     // 20 s, waiting mode: asked to send 1; a `1` sent at ~16 s gets it when it exists.
     const wait20 = runs.find((r) => r.account === 'wait' && r.seconds === 20)!;
     expect(wait20.result.accepted!.reply?.Content).toMatch(/reply 1/i);
     await new Promise((r) => setTimeout(r, Math.max(0, 16_000 - (Date.now() - started))));
-    const sim = stack.simulator('safe', 'wait');
+    const sim = fx.stack.simulator('safe', 'wait');
     const one = await sim.deliver(sim.messageXml(wait20.openId, { MsgType: 'text', Content: '1', MsgId: nextMsgId() }));
     expect(one.accepted?.attempt).toBe(1);
     expect(one.accepted?.reply?.Content).toBe('Echo: wait 20s');
 
     // Nothing else was pushed to anyone, and Dify saw each message once.
-    expect(wechat.pushed.map((m) => m.touser)).toEqual([push20.openId]);
-    expect(dify.runRequests()).toHaveLength(6);
+    expect(fx.wechat.pushed.map((m) => m.touser)).toEqual([push20.openId]);
+    expect(fx.dify.runRequests()).toHaveLength(6);
   });
 });

@@ -1,36 +1,23 @@
-import { Redis } from 'ioredis';
-import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { utf8Length } from '../packages/core/src/index.js';
-import { startFakeDify, type FakeDify } from './fakes/fake-dify.js';
-import { FakeWeChat } from './fakes/fake-wechat.js';
-import { startStack, testEnv, type Stack } from './helpers/stack.js';
+import { testEnv } from './helpers/stack.js';
+import { useFakeStack } from './helpers/fake-stack.js';
 import { answerReadyAt, difyCallsFor, eventually, nextMsgId, sendText, slowQuery, twoModesConfigFile } from './helpers/wechat-timing.js';
 
 // WeChat's 5 s shrunk to 1 s: attempts at t = 0, 1, 2 s; the first waits 0.9 s, retries 0.7 s.
 const WINDOW = 1000;
 
 describe("delivery across WeChat's retries (1 s window)", () => {
-  let dify: FakeDify;
-  let wechat: FakeWeChat;
-  let stack: Stack;
-  let redis: Redis;
-
-  beforeAll(async () => {
-    dify = await startFakeDify({ mode: 'chat', pingIntervalMs: 200 });
-    wechat = await new FakeWeChat().start();
-    const config = twoModesConfigFile(dify, wechat.url, { maxContinueCount: 2 });
-    stack = await startStack(
-      testEnv({ dify, overrides: { CONFIG_FILE: config, WECHAT_TIMEOUT_MS: String(WINDOW), REPLY_MARGIN_MS: '100' } }),
-    );
-    redis = new Redis(inject('redisUrl'));
-  });
-  afterAll(async () => {
-    await stack.close();
-    await Promise.all([dify.close(), wechat.close(), redis.quit()]);
+  const fx = useFakeStack({
+    dify: { pingIntervalMs: 200 },
+    env: ({ dify, wechat }) => {
+      const config = twoModesConfigFile(dify, wechat.url, { maxContinueCount: 2 });
+      return testEnv({ dify, overrides: { CONFIG_FILE: config, WECHAT_TIMEOUT_MS: String(WINDOW), REPLY_MARGIN_MS: '100' } });
+    },
   });
 
-  const send = (account: string, openId: string, content: string, msgId?: string) => sendText(stack, WINDOW, account, openId, content, msgId);
-  const difyCalls = (query: string) => difyCallsFor(dify, query);
+  const send = (account: string, openId: string, content: string, msgId?: string) => sendText(fx.stack, WINDOW, account, openId, content, msgId);
+  const difyCalls = (query: string) => difyCallsFor(fx.dify, query);
 
   it.each(['push', 'wait'])('returns an answer that is ready during the second attempt at once (%s mode)', async (account) => {
     const openId = `o_second_${account}`;
@@ -41,7 +28,7 @@ describe("delivery across WeChat's retries (1 s window)", () => {
     expect(result.attempts.map((a) => a.status)).toEqual([503, 200]);
     expect(result.accepted?.reply?.Content).toBe(`Echo: second ${account}`);
     // Returned well under 100 ms after the worker stored it, not at a poll tick.
-    const ready = await answerReadyAt(redis, stack.config.queuePrefix, account, openId, msgId);
+    const ready = await answerReadyAt(fx.redis, fx.stack.config.queuePrefix, account, openId, msgId);
     expect(receivedAt - ready).toBeLessThan(100);
     expect(result.attempts[0]!.ms).toBeLessThan(WINDOW);
     expect(difyCalls(query)).toBe(1);
@@ -64,13 +51,13 @@ describe("delivery across WeChat's retries (1 s window)", () => {
     const result = await delivery;
     expect(result.attempts.map((a) => a.status)).toEqual([503, 503, 200]);
     expect(result.accepted?.reply?.Content).toMatch(/taking a while/i);
-    const pushed = await eventually(() => wechat.pushed.find((m) => m.touser === openId), 8000);
+    const pushed = await eventually(() => fx.wechat.pushed.find((m) => m.touser === openId), 8000);
     expect(pushed.text?.content).toBe('Echo: late push');
-    const ready = await answerReadyAt(redis, stack.config.queuePrefix, 'push', openId, msgId);
+    const ready = await answerReadyAt(fx.redis, fx.stack.config.queuePrefix, 'push', openId, msgId);
     expect(pushed.at - ready).toBeLessThan(100);
-    expect(wechat.textsTo(openId)).toHaveLength(1);
+    expect(fx.wechat.textsTo(openId)).toHaveLength(1);
     // "typing…" was shown while Dify worked; the pushed answer itself ends it (WeChat's rule), and it is not shown again.
-    const typing = wechat.calls.filter((c) => c.path.endsWith('/custom/typing') && c.body.touser === openId);
+    const typing = fx.wechat.calls.filter((c) => c.path.endsWith('/custom/typing') && c.body.touser === openId);
     expect(typing.map((c) => c.body.command)).toEqual(['Typing']);
     expect(typing[0]!.at).toBeLessThan(pushed.at);
     expect(difyCalls(query)).toBe(1);
@@ -83,12 +70,12 @@ describe("delivery across WeChat's retries (1 s window)", () => {
     const result = await delivery;
     expect(result.accepted?.reply?.Content).toMatch(/reply 1/i);
     expect(result.accepted?.reply?.Content).toContain('2');
-    const before = dify.runRequests().length;
+    const before = fx.dify.runRequests().length;
     const one = await send('wait', openId, '1').delivery;
     expect(one.attempts).toHaveLength(1);
     expect(one.accepted?.reply?.Content).toBe('Echo: late wait');
-    expect(dify.runRequests().length).toBe(before);
-    expect(wechat.textsTo(openId)).toHaveLength(0);
+    expect(fx.dify.runRequests().length).toBe(before);
+    expect(fx.wechat.textsTo(openId)).toHaveLength(0);
   });
 
   it('waiting mode: after MAX_CONTINUE_COUNT the follower is told it is still coming, and a later `1` still returns it', async () => {
@@ -129,25 +116,25 @@ describe("delivery across WeChat's retries (1 s window)", () => {
     const other = send('wait', 'o_bystander', slowQuery('bystander', 0)).delivery;
     const results = await Promise.all([...deliveries, other]);
     expect(results.map((r) => r.accepted?.reply?.Content)).toEqual(['Echo: one', 'Echo: two', 'Echo: three', 'Echo: bystander']);
-    const runs = dify.runRequests().filter((r) => (r.body as { user: string }).user === openId);
+    const runs = fx.dify.runRequests().filter((r) => (r.body as { user: string }).user === openId);
     expect(runs.map((r) => (r.body as { query: string }).query)).toEqual(queries);
     // One at a time: each request started after the previous one's stream ended.
     for (let i = 1; i < runs.length; i++) expect(runs[i]!.at).toBeGreaterThanOrEqual(runs[i - 1]!.at + 300);
     // One conversation: the second and third carry the first one's id.
-    const conversation = dify.conversationIds(openId);
+    const conversation = fx.dify.conversationIds(openId);
     expect(conversation).toHaveLength(1);
     expect(runs.slice(1).map((r) => (r.body as { conversation_id?: string }).conversation_id)).toEqual([conversation[0], conversation[0]]);
     // The bystander was not held up behind the burst.
-    const bystander = dify.runRequests().find((r) => (r.body as { user: string }).user === 'o_bystander')!;
+    const bystander = fx.dify.runRequests().find((r) => (r.body as { user: string }).user === 'o_bystander')!;
     expect(bystander.at).toBeLessThan(runs[2]!.at);
   });
 
   it('deduplicates events: the same subscribe delivered twice reaches Dify once', async () => {
-    const sim = stack.simulator('plain', 'wait');
+    const sim = fx.stack.simulator('plain', 'wait');
     const xml = sim.messageXml('o_event_dup', { MsgType: 'event', Event: 'subscribe' }, 1_700_000_123);
     const [a, b] = await Promise.all([sim.attempt(xml), sim.attempt(xml)]);
     expect(a.reply?.Content).toBe(b.reply?.Content);
-    expect(dify.runRequests().filter((r) => (r.body as { user: string }).user === 'o_event_dup')).toHaveLength(1);
+    expect(fx.dify.runRequests().filter((r) => (r.body as { user: string }).user === 'o_event_dup')).toHaveLength(1);
   });
 
   it('/clear and the CLEAR_CONTEXT menu key start a new conversation and answer in the configured language', async () => {
@@ -156,11 +143,11 @@ describe("delivery across WeChat's retries (1 s window)", () => {
     const cleared = await send('wait', openId, '/clear').delivery;
     expect(cleared.accepted?.reply?.Content).toMatch(/new conversation|cleared/i);
     await send('wait', openId, 'who am i').delivery;
-    const sim = stack.simulator('plain', 'wait');
+    const sim = fx.stack.simulator('plain', 'wait');
     const click = await sim.attempt(sim.messageXml(openId, { MsgType: 'event', Event: 'CLICK', EventKey: 'CLEAR_CONTEXT' }));
     expect(click.reply?.Content).toBe(cleared.accepted?.reply?.Content);
     await send('wait', openId, 'and now').delivery;
-    const runs = dify.runRequests().filter((r) => (r.body as { user: string }).user === openId).map((r) => r.body as { conversation_id?: string });
+    const runs = fx.dify.runRequests().filter((r) => (r.body as { user: string }).user === openId).map((r) => r.body as { conversation_id?: string });
     expect(runs).toHaveLength(3);
     expect(runs.every((r) => !r.conversation_id)).toBe(true);
   });
@@ -169,13 +156,13 @@ describe("delivery across WeChat's retries (1 s window)", () => {
     const openId = 'o_long_push';
     const paragraph = `${'长'.repeat(330)} Lorem ipsum dolor sit amet. `;
     const long = Array.from({ length: 20 }, (_, i) => `${i} ${paragraph}`).join('\n\n');
-    dify.enqueue({ name: 'normal', answer: long });
+    fx.dify.enqueue({ name: 'normal', answer: long });
     const result = await send('push', openId, 'tell me everything').delivery;
     expect(result.attempts).toHaveLength(1);
     const first = result.accepted!.reply!.Content!;
-    const pushed = await eventually(() => (wechat.textsTo(openId).length >= 5 ? wechat.textsTo(openId) : undefined));
+    const pushed = await eventually(() => (fx.wechat.textsTo(openId).length >= 5 ? fx.wechat.textsTo(openId) : undefined));
     await new Promise((r) => setTimeout(r, 200));
-    expect(wechat.textsTo(openId)).toHaveLength(5); // WeChat's allowance per follower message
+    expect(fx.wechat.textsTo(openId)).toHaveLength(5); // WeChat's allowance per follower message
     expect(pushed.at(-1)).toMatch(/reply 1/i);
     // What the follower sees, in time order: passive replies (to the message and to each `1`) and pushes.
     const seen: { at: number; text: string }[] = [{ at: 0, text: first }];
@@ -186,7 +173,7 @@ describe("delivery across WeChat's retries (1 s window)", () => {
       seen.push({ at: Date.now(), text });
       await new Promise((r) => setTimeout(r, 300));
     }
-    seen.push(...wechat.pushed.filter((m) => m.touser === openId).map((m) => ({ at: m.at, text: m.text!.content })));
+    seen.push(...fx.wechat.pushed.filter((m) => m.touser === openId).map((m) => ({ at: m.at, text: m.text!.content })));
     seen.sort((a, b) => a.at - b.at);
     for (const { text } of seen) expect(utf8Length(text)).toBeLessThanOrEqual(2048);
     expect(utf8Length(long)).toBeGreaterThan(20_000);
@@ -197,14 +184,14 @@ describe("delivery across WeChat's retries (1 s window)", () => {
   it('waiting mode: a long answer comes part by part with `1`, each telling how many remain', async () => {
     const openId = 'o_long_wait';
     const long = Array.from({ length: 6 }, (_, i) => `${i} ${'x'.repeat(1500)}`).join('\n\n');
-    dify.enqueue({ name: 'normal', answer: long });
+    fx.dify.enqueue({ name: 'normal', answer: long });
     const result = await send('wait', openId, 'long please').delivery;
     const parts = [result.accepted!.reply!.Content!];
     expect(parts[0]).toMatch(/\(5 parts\)/);
     for (let i = 0; i < 5; i++) parts.push((await send('wait', openId, '1').delivery).accepted!.reply!.Content!);
     expect(parts[5]).not.toMatch(/reply 1/i);
     expect(parts.map((p) => p.split('\n\n')[0]!.slice(0, 2))).toEqual(['0 ', '1 ', '2 ', '3 ', '4 ', '5 ']);
-    expect(wechat.textsTo(openId)).toHaveLength(0);
+    expect(fx.wechat.textsTo(openId)).toHaveLength(0);
     expect((await send('wait', openId, '1').delivery).accepted?.reply?.Content).toBe('Echo: 1');
   });
 });

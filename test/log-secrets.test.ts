@@ -1,9 +1,8 @@
 import { Redis } from 'ioredis';
-import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { createLogger, loadConfig } from '../packages/core/src/index.js';
-import { startFakeDify, type FakeDify } from './fakes/fake-dify.js';
-import { FakeWeChat } from './fakes/fake-wechat.js';
-import { AES_KEY, startStack, testEnv, TOKEN, type Stack } from './helpers/stack.js';
+import { AES_KEY, testEnv, TOKEN } from './helpers/stack.js';
+import { useFakeStack } from './helpers/fake-stack.js';
 import { lineSink } from './helpers/line-sink.js';
 import { eventually, nextMsgId, slowQuery } from './helpers/wechat-timing.js';
 
@@ -26,46 +25,35 @@ async function dumpRedis(redis: Redis, prefix: string, skip: RegExp): Promise<st
 // Everything the service logs at its most verbose level, across the paths that touch secrets:
 // signature checks, AES, Dify calls that fail, access tokens fetched and rejected, pushes.
 describe('logs', () => {
-  let dify: FakeDify;
-  let wechat: FakeWeChat;
-  let stack: Stack;
   const { sink, lines } = lineSink();
   const APP_SECRET = 'app-secret-never-logged';
   const ADMIN_PASSWORD = 'admin-password-never-logged';
-
-  beforeAll(async () => {
-    dify = await startFakeDify({ mode: 'chat', apiKey: 'app-dify-key-never-logged', pingIntervalMs: 200 });
-    wechat = await new FakeWeChat().start();
-    stack = await startStack(
-      testEnv({
-        dify,
-        wechatUrl: wechat.url,
-        overrides: { LOG_LEVEL: 'trace', ENABLE_CUSTOM_MESSAGE: 'true', WECHAT_APP_SECRET: APP_SECRET, ADMIN_PASSWORD, WECHAT_TIMEOUT_MS: '1000', REPLY_MARGIN_MS: '100' },
-      }),
-      { logDestination: sink },
-    );
-  });
-  afterAll(async () => {
-    await stack.close();
-    await Promise.all([dify.close(), wechat.close()]);
+  const fx = useFakeStack({
+    dify: { apiKey: 'app-dify-key-never-logged', pingIntervalMs: 200 },
+    env: ({ dify, wechat }) => testEnv({
+      dify,
+      wechatUrl: wechat.url,
+      overrides: { LOG_LEVEL: 'trace', ENABLE_CUSTOM_MESSAGE: 'true', WECHAT_APP_SECRET: APP_SECRET, ADMIN_PASSWORD, WECHAT_TIMEOUT_MS: '1000', REPLY_MARGIN_MS: '100' },
+    }),
+    stack: { logDestination: sink },
   });
 
   it('never contain a secret, an access token, or an Authorization header, even when calls fail', async () => {
-    const sim = stack.simulator('safe');
+    const sim = fx.stack.simulator('safe');
     await sim.attempt(sim.messageXml('o_logs', { MsgType: 'text', Content: 'hello', MsgId: nextMsgId() }));
-    dify.enqueue('http_500');
-    dify.enqueue('http_500');
-    dify.enqueue('http_500');
+    fx.dify.enqueue('http_500');
+    fx.dify.enqueue('http_500');
+    fx.dify.enqueue('http_500');
     await sim.attempt(sim.messageXml('o_logs', { MsgType: 'text', Content: 'fail please', MsgId: nextMsgId() }));
-    wechat.failNext('/cgi-bin/message/custom/send', 40001);
+    fx.wechat.failNext('/cgi-bin/message/custom/send', 40001);
     await sim.deliver(sim.messageXml('o_logs_push', { MsgType: 'text', Content: slowQuery('late', 2900), MsgId: nextMsgId() }), 1000);
-    await eventually(() => wechat.textsTo('o_logs_push').length === 1, 8000);
-    const bad = await fetch(`${stack.ingress.url}/admin/queues`, { headers: { authorization: `Basic ${Buffer.from(`admin:${ADMIN_PASSWORD}`).toString('base64')}` } });
+    await eventually(() => fx.wechat.textsTo('o_logs_push').length === 1, 8000);
+    const bad = await fetch(`${fx.stack.ingress.url}/admin/queues`, { headers: { authorization: `Basic ${Buffer.from(`admin:${ADMIN_PASSWORD}`).toString('base64')}` } });
     expect(bad.status).toBe(200);
 
-    const tokens = wechat.calls.map((c) => c.query.access_token).filter((t): t is string => Boolean(t));
+    const tokens = fx.wechat.calls.map((c) => c.query.access_token).filter((t): t is string => Boolean(t));
     expect(tokens.length).toBeGreaterThan(0);
-    const secrets = [TOKEN, AES_KEY, APP_SECRET, ADMIN_PASSWORD, dify.apiKey, ...tokens];
+    const secrets = [TOKEN, AES_KEY, APP_SECRET, ADMIN_PASSWORD, fx.dify.apiKey, ...tokens];
     expect(lines.length).toBeGreaterThan(10);
     const all = lines.join('\n');
     for (const secret of secrets) expect(all.includes(secret), `a log line contains ${secret.slice(0, 6)}…`).toBe(false);
@@ -77,58 +65,45 @@ describe('logs', () => {
 });
 
 describe('logs and Redis when the WeChat API fails (plain token mode)', () => {
-  let dify: FakeDify;
-  let wechat: FakeWeChat;
-  let stack: Stack;
-  let redis: Redis;
   const { sink, lines } = lineSink();
   const APP_SECRET = 'plain-app-secret-never-logged';
   const SEND = '/cgi-bin/message/custom/send';
-
-  beforeAll(async () => {
-    dify = await startFakeDify({ mode: 'chat', apiKey: 'app-dify-key-plain-never-logged', pingIntervalMs: 200 });
-    wechat = await new FakeWeChat().start();
-    redis = new Redis(inject('redisUrl'));
-    stack = await startStack(
-      testEnv({
-        dify,
-        wechatUrl: wechat.url,
-        overrides: {
-          LOG_LEVEL: 'trace', ENABLE_CUSTOM_MESSAGE: 'true', WECHAT_ACCESS_TOKEN_MODE: 'plain', WECHAT_APP_SECRET: APP_SECRET,
-          WECHAT_TIMEOUT_MS: '1000', REPLY_MARGIN_MS: '100',
-        },
-      }),
-      { logDestination: sink },
-    );
-  });
-  afterAll(async () => {
-    await stack.close();
-    await Promise.all([dify.close(), wechat.close(), redis.quit()]);
+  const fx = useFakeStack({
+    dify: { apiKey: 'app-dify-key-plain-never-logged', pingIntervalMs: 200 },
+    env: ({ dify, wechat }) => testEnv({
+      dify,
+      wechatUrl: wechat.url,
+      overrides: {
+        LOG_LEVEL: 'trace', ENABLE_CUSTOM_MESSAGE: 'true', WECHAT_ACCESS_TOKEN_MODE: 'plain', WECHAT_APP_SECRET: APP_SECRET,
+        WECHAT_TIMEOUT_MS: '1000', REPLY_MARGIN_MS: '100',
+      },
+    }),
+    stack: { logDestination: sink },
   });
 
   it('neither a log line nor a failed job in Redis holds the access token, the AppSecret or the Dify key when calls get HTTP 502 or lose the connection', async () => {
     // The first token request answers 502, a push to each follower fails once, a voice download gets 404.
     const failed = new Set<string>();
     const once = (what: string) => !failed.has(what) && failed.add(what);
-    wechat.failHttpWhen((c) => {
+    fx.wechat.failHttpWhen((c) => {
       if (c.path === '/cgi-bin/token' && once('token')) return 502;
       if (c.path === SEND && c.body.touser === 'o_http_502' && once('502')) return 502;
       if (c.path === SEND && c.body.touser === 'o_http_drop' && once('drop')) return 'drop';
       if (c.path === '/cgi-bin/media/get') return 404;
       return undefined;
     });
-    const sim = stack.simulator('plain');
+    const sim = fx.stack.simulator('plain');
     const late = (openId: string) => sim.deliver(sim.messageXml(openId, { MsgType: 'text', Content: slowQuery(openId, 2900), MsgId: nextMsgId() }), 1000);
     const voice = sim.deliver(sim.messageXml('o_http_voice', { MsgType: 'voice', MediaId: 'voice-gone', Format: 'amr', MsgId: nextMsgId() }), 1000);
     await Promise.all([late('o_http_502'), late('o_http_drop'), voice]);
     // A send that got HTTP 502 or lost its connection may have reached WeChat: counted as sent (at most once), with a warning.
     const unknown = () => lines.filter((l) => l.includes('push outcome unknown'));
     await eventually(() => unknown().length === 2, 10_000);
-    expect(wechat.calls.map((c) => c.answer)).toEqual(expect.arrayContaining([502, 'dropped']));
-    const tokens = wechat.calls.map((c) => c.query.access_token).filter((t): t is string => Boolean(t));
+    expect(fx.wechat.calls.map((c) => c.answer)).toEqual(expect.arrayContaining([502, 'dropped']));
+    const tokens = fx.wechat.calls.map((c) => c.query.access_token).filter((t): t is string => Boolean(t));
     expect(tokens.length).toBeGreaterThan(0);
-    const secrets = [APP_SECRET, dify.apiKey, ...tokens];
-    const stored = await dumpRedis(redis, stack.config.queuePrefix, /:token:/);
+    const secrets = [APP_SECRET, fx.dify.apiKey, ...tokens];
+    const stored = await dumpRedis(fx.redis, fx.stack.config.queuePrefix, /:token:/);
     const all = lines.join('\n');
     for (const secret of secrets) {
       expect(all.includes(secret), `a log line contains ${secret.slice(0, 6)}…`).toBe(false);
@@ -143,9 +118,9 @@ describe('logs and Redis when the WeChat API fails (plain token mode)', () => {
 
   it('logs no signed file URL when an answer image cannot be fetched', async () => {
     const signature = 'file-signature-never-logged';
-    const missing = `${new URL(dify.baseUrl).origin}/files/tools/gone.png?timestamp=1&nonce=2&sign=${signature}`;
-    dify.enqueue({ name: 'normal', answer: `a picture ![gone](${missing})` });
-    const sim = stack.simulator('plain');
+    const missing = `${new URL(fx.dify.baseUrl).origin}/files/tools/gone.png?timestamp=1&nonce=2&sign=${signature}`;
+    fx.dify.enqueue({ name: 'normal', answer: `a picture ![gone](${missing})` });
+    const sim = fx.stack.simulator('plain');
     await sim.deliver(sim.messageXml('o_image_gone', { MsgType: 'text', Content: 'picture please', MsgId: nextMsgId() }), 1000);
     await eventually(() => lines.some((l) => l.includes('answer image could not be fetched')), 5000);
     expect(lines.filter((l) => l.includes(signature))).toEqual([]);
