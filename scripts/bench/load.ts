@@ -23,13 +23,13 @@ export interface Response {
 export class Client {
   readonly #agent = new Agent({ keepAlive: true, maxSockets: Infinity });
 
-  /** POSTs `body` to `url`; gives up like WeChat after `timeoutMs`. */
-  post(url: string, body: string, timeoutMs: number): Promise<Response> {
+  /** POSTs `body` to `url` (XML unless `headers` say otherwise); gives up like WeChat after `timeoutMs`. */
+  post(url: string, body: string, timeoutMs: number, headers: Record<string, string> = { 'content-type': 'text/xml' }): Promise<Response> {
     return new Promise((resolve, reject) => {
       const req = request(url, {
         method: 'POST',
         agent: this.#agent,
-        headers: { 'content-type': 'text/xml', 'content-length': Buffer.byteLength(body) },
+        headers: { ...headers, 'content-length': Buffer.byteLength(body) },
       });
       let cut = false;
       const timer = setTimeout(() => {

@@ -3,7 +3,7 @@
 // SSE parsing and answer shaping cost in CPU. The whole run's rows say what the processes spend
 // together; these say which part of it is which, with the same code and the same fakes.
 import { once } from 'node:events';
-import { createServer, request, type Server } from 'node:http';
+import { createServer, type Server } from 'node:http';
 import { join } from 'node:path';
 import { Queue, Worker } from 'bullmq';
 import { Redis } from 'ioredis';
@@ -29,7 +29,7 @@ import {
 import { WeChatSimulator } from '../../packages/core/src/wechat/simulator.js';
 import { Client } from './load.js';
 import { cpuMs } from './processes.js';
-import { diffCommandStats, parseCommandStats } from './report.js';
+import { diffCommandStats, parseCommandStats, percentile } from './report.js';
 
 /** One part's cost per message: CPU of the process that runs it, and of redis-server when it talks to Redis. */
 export interface PartCost {
@@ -127,25 +127,33 @@ function perOp(n: number, op: (i: number) => unknown): number {
 
 /** The same for an async `op`, `CONCURRENCY` calls at a time, the least of `rounds` runs. */
 async function perAsyncOp(n: number, op: (i: number) => Promise<unknown>, rounds = 3): Promise<number> {
-  const run = async (count: number, offset: number) => {
+  return (await leastOf(n, rounds, inParallel(op))).us;
+}
+
+/** A run of `count` calls of `op` numbered from `offset`, `CONCURRENCY` at a time. */
+function inParallel(op: (i: number) => Promise<unknown>): (count: number, offset: number) => Promise<void> {
+  return async (count, offset) => {
     let next = 0;
     await Promise.all(Array.from({ length: CONCURRENCY }, async () => {
       while (next < count) await op(offset + next++);
     }));
   };
-  await run(Math.ceil(n / 2), 0);
-  let best = Infinity;
+}
+
+/**
+ * `run` (which handles `count` messages numbered from `offset`) once as a warm-up of half of `n`,
+ * then `rounds` times `n`: the least µs of this process's CPU per message, and how many messages ran.
+ */
+async function leastOf(n: number, rounds: number, run: (count: number, offset: number) => Promise<void>): Promise<{ us: number; messages: number }> {
+  const warmup = Math.ceil(n / 2);
+  await run(warmup, 0);
+  let us = Infinity;
   for (let round = 1; round <= rounds; round++) {
     const before = process.cpuUsage();
     await run(n, round * n);
-    best = Math.min(best, cpuUs(before) / n);
+    us = Math.min(us, cpuUs(before) / n);
   }
-  return best;
-}
-
-function median(values: number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.floor(sorted.length / 2)]!;
+  return { us, messages: warmup + rounds * n };
 }
 
 function cpuUs(before: NodeJS.CpuUsage): number {
@@ -153,16 +161,14 @@ function cpuUs(before: NodeJS.CpuUsage): number {
   return d.user + d.system;
 }
 
-/** Runs `measure` (which returns µs per message of this process) and adds redis-server's CPU and commands per message. */
-async function withRedisCost(t: PartsTarget, redis: Redis, measure: () => Promise<number>): Promise<Omit<PartCost, 'part' | 'runsIn'>> {
+/** Runs `measure` and adds redis-server's CPU and commands per message to what it measured. */
+async function withRedisCost(t: PartsTarget, redis: Redis, measure: () => Promise<{ us: number; messages: number }>): Promise<Omit<PartCost, 'part' | 'runsIn'>> {
   const stats = async () => parseCommandStats(await redis.info('commandstats'));
   const [commands, redisMs] = [await stats(), cpuMs(t.redisPid)];
-  const us = await measure();
-  // the measured runs (3) plus the warm-up (half a run) ran in Redis
-  const ops = t.n * 3.5;
-  const redisUs = ((cpuMs(t.redisPid) - redisMs) * 1000) / ops;
+  const { us, messages } = await measure();
+  const redisUs = ((cpuMs(t.redisPid) - redisMs) * 1000) / messages;
   const total = [...diffCommandStats(commands, await stats()).values()].reduce((a, b) => a + b, 0);
-  return { us, redisUs, redisCommands: (total - 1) / ops }; // less the INFO call itself
+  return { us, redisUs, redisCommands: (total - 1) / messages }; // less the INFO call itself
 }
 
 /**
@@ -206,7 +212,7 @@ async function measureHttp(n: number): Promise<{ raw: number; koa: number }> {
     raws.push(await exchange(bare()));
     koas.push(await exchange(koaApp()));
   }
-  const [raw, koa] = [median(raws), median(koas)];
+  const [raw, koa] = [percentile(raws, 50), percentile(koas, 50)];
   client.close();
   return { raw, koa };
 }
@@ -221,57 +227,42 @@ function measureLogLine(n: number, file: DestinationStream): number {
 }
 
 /** The ingress's attempt, the worker's answer and the ingress's take: the delivery state machine's round trips of one message. */
-async function measureDeliveryScripts(n: number, redis: Redis, text: string): Promise<number> {
+function measureDeliveryScripts(n: number, redis: Redis, text: string): Promise<{ us: number; messages: number }> {
   const store = new DeliveryStore(redis, `parts-${process.pid}`);
   const answer = { parts: [{ type: 'text' as const, text }], readyAt: Date.now() };
-  return perAsyncOp(n, async (i) => {
+  return leastOf(n, 3, inParallel(async (i) => {
     const jobId = `m~default~${OPEN_ID}~${i}`;
     await store.recordAttempt(jobId, { account: 'default', openId: `${OPEN_ID}${i}`, queued: true, allowance: undefined });
     await store.saveAnswer(jobId, answer, { account: 'default', openId: `${OPEN_ID}${i}`, dueAfterMs: 16_500 });
     await store.settle(jobId, 'take');
-  });
+  }));
 }
 
 /**
  * One answer job through BullMQ with the production options, added and processed (a no-op) in
- * this process. Redis is counted around the jobs only, not the worker's start and close.
+ * this process: each run adds its jobs 32 at a time and waits until all are completed. Redis is
+ * counted around the jobs only, not the worker's start and close.
  */
 async function measureBullJob(t: PartsTarget, redis: Redis): Promise<Omit<PartCost, 'part' | 'runsIn'>> {
   const connection = { url: t.redisUrl, maxRetriesPerRequest: null };
   const prefix = `parts-${process.pid}`;
   const queue = new Queue('answer', { connection, prefix });
-  let completed = 0;
-  let target = 0;
-  let reached: (() => void) | undefined;
+  let left = 0;
+  let allDone: (() => void) | undefined;
   const worker = new Worker('answer', async () => ({ parts: 1, state: 'passive' }), { connection, prefix, concurrency: 300, lockDuration: 15_000 });
   worker.on('completed', () => {
-    if (++completed >= target) reached?.();
+    if (--left === 0) allDone?.();
   });
   await worker.waitUntilReady();
   const message = { kind: 'text', msgType: 'text', content: 'hello', fromUserName: OPEN_ID, toUserName: 'gh_parts', createTime: 1700000000, msgId: '9' };
-  const batch = async (count: number, offset: number) => {
-    target = completed + count;
-    const done = new Promise<void>((resolve) => (reached = resolve));
-    let next = 0;
-    await Promise.all(Array.from({ length: CONCURRENCY }, async () => {
-      while (next < count) {
-        const i = offset + next++;
-        await queue.add('answer', { account: 'default', message: { ...message, msgId: String(i) }, receivedAt: Date.now() }, { ...ANSWER_JOB_OPTIONS, jobId: `m~default~${OPEN_ID}~${i}` });
-      }
-    }));
-    await done;
-  };
+  const addAll = inParallel((i) => queue.add('answer', { account: 'default', message: { ...message, msgId: String(i) }, receivedAt: Date.now() }, { ...ANSWER_JOB_OPTIONS, jobId: `m~default~${OPEN_ID}~${i}` }));
   try {
-    return await withRedisCost(t, redis, async () => {
-      await batch(Math.ceil(t.n / 2), 0);
-      let best = Infinity;
-      for (let round = 1; round <= 3; round++) {
-        const before = process.cpuUsage();
-        await batch(t.n, round * t.n);
-        best = Math.min(best, cpuUs(before) / t.n);
-      }
-      return best;
-    });
+    return await withRedisCost(t, redis, () => leastOf(t.n, 3, async (count, offset) => {
+      left = count;
+      const done = new Promise<void>((resolve) => (allDone = resolve));
+      await addAll(count, offset);
+      await done;
+    }));
   } finally {
     await worker.close();
     await queue.obliterate({ force: true }).catch(() => undefined);
@@ -279,26 +270,22 @@ async function measureBullJob(t: PartsTarget, redis: Redis): Promise<Omit<PartCo
   }
 }
 
-/** The Dify client's request read whole with node:http (the global keep-alive agent, as got's), and the answer's frames. */
+/** The Dify client's request read whole with the bench's node:http client (a keep-alive agent, as got's), and the answer's frames. */
 async function measureRawDify(t: PartsTarget): Promise<{ us: number; frames: Buffer[] }> {
-  const rawPost = (i: number) => new Promise<Buffer>((resolve, reject) => {
+  const client = new Client();
+  const headers = { authorization: `Bearer ${t.difyApiKey}`, 'content-type': 'application/json', accept: 'text/event-stream' };
+  const rawPost = (i: number) => {
     const body = JSON.stringify({ query: `hello ${i}`, user: `${OPEN_ID}${i % CONCURRENCY}`, inputs: {}, response_mode: 'streaming' });
-    const req = request(`${t.difyBaseUrl}/chat-messages`, {
-      method: 'POST',
-      headers: { authorization: `Bearer ${t.difyApiKey}`, 'content-type': 'application/json', 'content-length': Buffer.byteLength(body), accept: 'text/event-stream' },
-    }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on('data', (c: Buffer) => chunks.push(c));
-      res.on('end', () => resolve(Buffer.concat(chunks)));
-      res.on('error', reject);
-    });
-    req.on('error', reject);
-    req.end(body);
-  });
-  const us = await perAsyncOp(t.n, rawPost);
-  // the answer's frames, one chunk each, as the fake writes them
-  const frames = (await rawPost(0)).toString('utf8').split('\n\n').filter(Boolean).map((f) => Buffer.from(`${f}\n\n`));
-  return { us, frames };
+    return client.post(`${t.difyBaseUrl}/chat-messages`, body, 30_000, headers);
+  };
+  try {
+    const us = await perAsyncOp(t.n, rawPost);
+    // the answer's frames, one chunk each, as the fake writes them
+    const frames = (await rawPost(0)).body.split('\n\n').filter(Boolean).map((f) => Buffer.from(`${f}\n\n`));
+    return { us, frames };
+  } finally {
+    client.close();
+  }
 }
 
 /** The Dify client's SSE decoding of one answer's frames, one chunk per frame (as the fake writes them). */
