@@ -1,6 +1,7 @@
 // The Dify Service API client: streaming only, read to EOF, a watchdog on data events.
 // Wire rules and pitfalls: https://docs.dify.ai/en/api-reference/guides/streaming and
 // https://docs.dify.ai/en/api-reference/guides/errors; see also /work/shared/research/dify-api.md.
+import { finished } from 'node:stream/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Got, Request, Response } from 'got';
 
@@ -312,10 +313,12 @@ async function streamAttempt(ctx: Ctx, conversationId: string | undefined, state
 }
 
 /**
- * Applies the stream's events as they come, until it ends; rejects with the first error (a
- * stream `error` event's included). Settles once, and then no listener of it is left.
+ * Applies the stream's events as they come, until it ends (Node's `finished`: an error, a close
+ * before the end, or a stream destroyed already all reject). An event that fails the answer (a
+ * stream `error` event, a frame too large) destroys the stream and is rethrown as it is: got
+ * would wrap it in a RequestError.
  */
-function readEvents(ctx: Ctx, state: AnswerState, stream: Request, dog: Watchdog, conversationId: string | undefined): Promise<void> {
+async function readEvents(ctx: Ctx, state: AnswerState, stream: Request, dog: Watchdog, conversationId: string | undefined): Promise<void> {
   const { idleTimeoutMs } = ctx.opts;
   const decoder = new SseDecoder({ log: ctx.log });
   const apply = (items: SseItem[]) => {
@@ -326,30 +329,24 @@ function readEvents(ctx: Ctx, state: AnswerState, stream: Request, dog: Watchdog
       if (state.terminal) dog.touch(Math.min(idleTimeoutMs, TERMINAL_GRACE_MS));
     }
   };
-  return new Promise((resolve, reject) => {
-    const settle = (err?: unknown) => {
-      stream.off('data', onData).off('end', onEnd).off('error', settle).off('close', onClose);
-      if (err === undefined) resolve();
-      else reject(err);
-    };
-    const guarded = (step: () => void) => {
-      try {
-        step();
-      } catch (err) {
-        settle(err);
-      }
-    };
-    const onData = (chunk: Buffer) => guarded(() => apply(decoder.feed(chunk)));
-    const onEnd = () => guarded(() => {
-      apply(decoder.end());
-      settle();
-    });
-    // a close that no 'end' or 'error' came before
-    const onClose = () => settle(new Error('dify stream closed before its end'));
-    // destroyed before this was reached (the watchdog, between the response and here): nothing more will come
-    if (stream.destroyed) return settle(stream.errored ?? new Error('dify stream closed before its end'));
-    stream.on('data', onData).once('end', onEnd).once('error', settle).once('close', onClose);
-  });
+  let failed: { err: unknown } | undefined;
+  const onData = (chunk: Buffer) => {
+    try {
+      apply(decoder.feed(chunk));
+    } catch (err) {
+      failed = { err };
+      stream.destroy();
+    }
+  };
+  stream.on('data', onData);
+  try {
+    await finished(stream, { writable: false, cleanup: true });
+  } catch (err) {
+    throw failed ? failed.err : err;
+  } finally {
+    stream.off('data', onData);
+  }
+  apply(decoder.end());
 }
 
 /** Applies one data event: ids, the conversation callback, errors, text, files, terminal. */
