@@ -151,7 +151,7 @@ async function runQueue(env: NodeJS.ProcessEnv, fakes: Fakes, redis: Child, info
 
   // a second of traffic first, so that nothing measures a cold JIT
   await runClosedLoop({ client: ctx.client, simulator, followers: opts.followers, openIdPrefix: 'oWarm', warmupMs: 0, durationMs: 1000, expected });
-  if (opts.phases.has('slow')) results.slow = await phase('slow', () => slowPhase(ctx, simulator, fakes, [ingress, worker], expected));
+  if (opts.phases.has('slow')) results.slow = await phase('slow', () => slowPhase(ctx, simulator, fakes, [ingress, worker], [redis, fakes.child], expected));
   if (opts.phases.has('paced')) {
     await drainQueues(info, env.QUEUE_PREFIX!);
     results.paced = await phase('paced', () => paced(simulator, 'oPaced'));

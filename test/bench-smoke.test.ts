@@ -40,6 +40,8 @@ describe('npm run bench', () => {
     expect(Number(rate![1])).toBeGreaterThan(0);
     expect(Number(rate![2])).toBeGreaterThan(0);
     expect(out).toMatch(/^\| slow: answers delivered\s*\| 3\/3 /m);
+    // the slow path's CPU of the worker, the ingress, redis-server and the fakes, each measured
+    expect(out).toMatch(/^\| slow: CPU ms\/message worker, ingress, redis-server, fakes\s*\| \d+\.\d\d, \d+\.\d\d, \d+\.\d\d, \d+\.\d\d /m);
     expect(out).toMatch(/^\| cost: Redis commands\/message\s*\|\s*\d/m);
     // the parts table: every part measured, the Redis ones with redis-server's share
     for (const part of ['callback decode, plain', 'HTTP exchange through Koa', 'log line', 'Dify call with got', 'SSE parsing']) {

@@ -50,6 +50,21 @@ describe('DeliveryStore', () => {
     expect((await store.peek('skew-2')).firstAt).toBe(1000);
   });
 
+  it('reports the progress of 1200 jobs (three batches) without reading their answers', async () => {
+    const ids = Array.from({ length: 1200 }, (_, i) => `prog-${i}`);
+    await store.saveAnswer(ids[3]!, answer('three'), finish);
+    await store.saveAnswer(ids[700]!, answer('seven hundred'), finish);
+    await store.settle(ids[700]!, 'take');
+    await redis.hset(store.key(ids[1199]!), 'state', 'wait');
+    const progress = await store.progress(ids);
+    expect(progress.size).toBe(1200);
+    expect(progress.get(ids[3]!)).toEqual({ state: '', answered: true });
+    expect(progress.get(ids[700]!)).toEqual({ state: 'passive', answered: true });
+    expect(progress.get(ids[1199]!)).toEqual({ state: 'wait', answered: false });
+    const moved = [...progress].filter(([, p]) => p.answered || p.state !== '').map(([id]) => id);
+    expect(moved).toEqual([ids[3], ids[700], ids[1199]]);
+  });
+
   it('lets an open attempt take a stored answer, and a retry repeat it', async () => {
     expect(await store.saveAnswer('job-b', answer('hi'), finish)).toMatchObject({ state: '' });
     const first = await store.settle('job-b', 'take');

@@ -109,7 +109,8 @@ describe('on a three-node Redis Cluster', () => {
     expect(counts.reduce((a, b) => a + b)).toBeGreaterThan(5);
     for (const proc of [ingress, worker]) {
       expect(proc.child.exitCode).toBeNull();
-      expect(proc.logs.filter((l) => /CROSSSLOT|MOVED|uncaught|unhandled/i.test(l))).toEqual([]);
+      // the safety poll (one script over many message keys) ran during the slow answer's waits
+      expect(proc.logs.filter((l) => /CROSSSLOT|MOVED|uncaught|unhandled|safety poll failed/i.test(l))).toEqual([]);
     }
   });
 

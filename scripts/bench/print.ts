@@ -79,6 +79,9 @@ function slowRows({ slow }: BenchResults): string[][] {
     ['slow: lag after Dify finished p50 (ms)', fmt(lag(50)), '', '', ''],
     ['slow: lag after Dify finished p99 (ms)', fmt(lag(99)), '', '< 100 ms', verdict(slow ? lag(99)! < 100 : undefined)],
     ['slow: concurrent Dify streams (peak)', String(slow?.peakStreams ?? '–'), '', '', ''],
+    ['slow: CPU ms/message worker, ingress, redis-server, fakes', slow
+      ? ['worker', 'ingress', 'redis', 'fakes'].map((n) => fmt(slow.cpuPerMsg.get(n), 2)).join(', ')
+      : '–', '', '', ''],
     mem('worker', 200),
     mem('ingress', 150),
   ];

@@ -7,7 +7,7 @@ import type { WeChatSimulator } from '../../packages/core/src/wechat/simulator.j
 import type { BenchContext } from './context.js';
 import type { Fakes, FakesReport } from './fakes-process.js';
 import { runWeChatAttempts } from './load.js';
-import { resetPeakRss, rss, type Child } from './processes.js';
+import { cpuMs, resetPeakRss, rss, type Child } from './processes.js';
 
 const MB = 1e6;
 
@@ -30,17 +30,24 @@ export interface SlowMeasure {
   missing: string[];
   peakStreams: number;
   memory: Map<string, PeakMemory>;
+  /** CPU ms per follower of each process over the phase (the burst, 6 s of pings, the answers). */
+  cpuPerMsg: Map<string, number>;
   note?: string;
 }
 
-/** Sends the burst, waits for every answer (passive, or pushed), and measures; `procs` are sampled for memory. */
+/**
+ * Sends the burst, waits for every answer (passive, or pushed), and measures; `procs` are sampled
+ * for memory, and they and `others` (redis-server, the fakes) for CPU.
+ */
 export async function slowPhase(
   ctx: BenchContext,
   simulator: WeChatSimulator,
   fakes: Fakes,
   procs: Child[],
+  others: Child[],
   expected: (query: string) => string,
 ): Promise<SlowMeasure> {
+  const cpuBefore = new Map([...procs, ...others].map((c) => [c.name, cpuMs(c.pid)]));
   const memory = watchMemory(procs);
   await fakes.queueSlowAnswers(ctx.opts.slowFollowers, ctx.opts.slowDelayMs);
   const openIds = Array.from({ length: ctx.opts.slowFollowers }, (_, i) => `oSlow${String(i).padStart(4, '0')}`);
@@ -53,9 +60,13 @@ export async function slowPhase(
     report = await fakes.report();
   }
   const peaks = memory.stop();
+  const cpuPerMsg = new Map([...cpuBefore].map(([name, before]) => {
+    const child = [...procs, ...others].find((c) => c.name === name)!;
+    return [name, (cpuMs(child.pid) - before) / openIds.length];
+  }));
   if (ctx.opts.keep) writeFileSync(join(ctx.dir, 'slow.json'), JSON.stringify({ results, finishes: report.finishes, pushes: report.pushes }));
 
-  const measure: SlowMeasure = { delivered: 0, byAttempt: [0, 0, 0], pushed: 0, lags: [], missing: [], peakStreams: report.peakStreams, memory: peaks.memory };
+  const measure: SlowMeasure = { delivered: 0, byAttempt: [0, 0, 0], pushed: 0, lags: [], missing: [], peakStreams: report.peakStreams, memory: peaks.memory, cpuPerMsg };
   if (!peaks.resettable) measure.note = 'VmHWM could not be reset: peaks are sampled every 50 ms';
   for (const r of results) {
     const finished = report.finishes[r.openId];

@@ -1,4 +1,4 @@
-import { throttledErrorLog, type DeliveryStore, type Logger, type RedisClient, type SettleResult } from '@wxdify/core';
+import { throttledErrorLog, type DeliveryState, type DeliveryStore, type Logger, type RedisClient, type SettleResult } from '@wxdify/core';
 import { WaitClock, type ClockEntry } from './wait-clock.js';
 
 /** Re-checks Redis this often while something waits, in case a wake-up was missed (pub/sub is at-most-once). */
@@ -15,25 +15,40 @@ export interface TakeOptions {
   fresh?: boolean;
 }
 
+/** One request's wait, as the clock and the safety poll see it. */
+interface Wait extends ClockEntry {
+  mode: 'take' | 'fetch';
+}
+
+/** True when a wait in `mode` would end on seeing `state` (and an answer, if `answered`): see `take`. */
+function wouldEnd(mode: Wait['mode'], state: DeliveryState, answered: boolean): boolean {
+  return answered || (mode === 'take' ? state !== '' : state !== '' && state !== 'wait');
+}
+
 /**
  * Waits for answers across every request of this process with one subscriber connection and one
  * timer (WaitClock): the worker publishes a job id the moment it stores its answer (FINISH_LUA),
  * and a map of job id → waits turns that into an immediate settle. Each wait settles through
  * Redis, so an answer stored before the wait began is seen at once, and one stored between the
- * check and the sleep still wakes it.
+ * check and the sleep still wakes it. The safety poll looks at every waited job in one round trip
+ * and wakes only the waits it finds something for: a few hundred requests waiting together used
+ * to settle one by one every second, a burst of Redis calls that could land on a burst of answers.
  */
 export class AnswerWaiter {
   readonly #subscriber: RedisClient;
   readonly #store: DeliveryStore;
-  readonly #waits = new Map<string, Set<ClockEntry>>();
+  readonly #waits = new Map<string, Set<Wait>>();
   readonly #clock: WaitClock;
   readonly #subscribed: Promise<unknown>;
+  readonly #onPollError: (err: Error) => void;
+  #polling = false;
 
-  /** `pollMs` only for tests: how often every wait re-checks Redis without a wake-up. */
+  /** `pollMs` only for tests: how often the waits are looked at in Redis without a wake-up. */
   constructor(opts: { subscriber: RedisClient; store: DeliveryStore; logger: Logger; pollMs?: number }) {
     this.#store = opts.store;
     this.#subscriber = opts.subscriber;
-    this.#clock = new WaitClock(opts.pollMs ?? SAFETY_POLL_MS);
+    this.#clock = new WaitClock(opts.pollMs ?? SAFETY_POLL_MS, () => void this.#poll());
+    this.#onPollError = throttledErrorLog(opts.logger, 'safety poll failed');
     this.#subscriber.on('message', (_channel: string, jobId: string) => {
       for (const wait of this.#waits.get(jobId) ?? []) wait.wake();
     });
@@ -69,7 +84,8 @@ export class AnswerWaiter {
     const { signal } = opts;
     let woken = false;
     let resume: (() => void) | undefined;
-    const wait: ClockEntry = {
+    const wait: Wait = {
+      mode,
       deadline,
       wake: () => {
         woken = true;
@@ -104,14 +120,31 @@ export class AnswerWaiter {
     await this.#subscriber.quit().catch(() => this.#subscriber.disconnect());
   }
 
-  #register(jobId: string, wait: ClockEntry): void {
+  /** Wakes the waits whose job moved on, in case its PUBLISH was lost; one poll at a time. */
+  async #poll(): Promise<void> {
+    if (this.#polling || this.#waits.size === 0) return;
+    this.#polling = true;
+    try {
+      const progress = await this.#store.progress([...this.#waits.keys()]);
+      for (const [jobId, { state, answered }] of progress) {
+        for (const wait of this.#waits.get(jobId) ?? []) if (wouldEnd(wait.mode, state, answered)) wait.wake();
+      }
+    } catch (err) {
+      // Each wait still looks at Redis at its deadline; the next poll tries again.
+      this.#onPollError(err as Error);
+    } finally {
+      this.#polling = false;
+    }
+  }
+
+  #register(jobId: string, wait: Wait): void {
     const set = this.#waits.get(jobId) ?? new Set();
     set.add(wait);
     this.#waits.set(jobId, set);
     this.#clock.add(wait);
   }
 
-  #unregister(jobId: string, wait: ClockEntry): void {
+  #unregister(jobId: string, wait: Wait): void {
     this.#clock.delete(wait);
     const set = this.#waits.get(jobId);
     set?.delete(wait);

@@ -156,3 +156,13 @@ redis.call('PUBLISH', ARGV[8], ARGV[3])
 local nxt = redis.call('ZRANGE', KEYS[2], 0, 0)[1]
 return {st, nxt or ''}
 `;
+
+// KEYS: message hashes (any number). For each: its state and 1 when an answer is stored, else 0.
+// The ingress's safety poll: one call for every request waiting in a process, not one each.
+export const PROGRESS_LUA = `
+local out = {}
+for i, key in ipairs(KEYS) do
+  out[i] = {redis.call('HGET', key, 'state') or '', redis.call('HEXISTS', key, 'ans')}
+end
+return out
+`;

@@ -6,6 +6,7 @@ import {
   FINISH_LUA,
   GIVE_BACK_PART_LUA,
   GIVE_BACK_PUSH_LUA,
+  PROGRESS_LUA,
   SETTLE_LUA,
   USE_PUSH_LUA,
 } from './delivery-scripts.js';
@@ -72,6 +73,9 @@ export function pushAllowanceFor(message: { kind: string; event?: string }): Pus
   return message.event !== undefined && EVENT_ALLOWANCE_EVENTS.has(message.event) ? EVENT_ALLOWANCE : undefined;
 }
 
+/** Jobs per PROGRESS_LUA call: a few hundred keys keep Redis busy well under a millisecond. */
+const PROGRESS_BATCH = 500;
+
 /** A push hand-over keeps its due entry this long: if its push job was not enqueued by then, a sweep does it. */
 const PUSH_HANDOVER_GRACE_MS = 10_000;
 
@@ -86,6 +90,7 @@ export class DeliveryStore {
   readonly #giveBackPart;
   readonly #giveBackPush;
   readonly #usePush;
+  readonly #progress;
 
   constructor(redis: RedisClient, prefix: string) {
     this.#redis = redis;
@@ -100,6 +105,7 @@ export class DeliveryStore {
     this.#giveBackPart = defineScript<[string, number], number>(redis, 'wxdGiveBackPart', 1, GIVE_BACK_PART_LUA);
     this.#giveBackPush = defineScript<[string, number], number>(redis, 'wxdGiveBackPush', 1, GIVE_BACK_PUSH_LUA);
     this.#usePush = defineScript<[string], number>(redis, 'wxdUsePush', 1, USE_PUSH_LUA);
+    this.#progress = defineScript<(string | number)[], [string, number][]>(redis, 'wxdProgress', null, PROGRESS_LUA);
   }
 
   /** The hash key of a message's delivery state. */
@@ -223,6 +229,20 @@ export class DeliveryStore {
   /** Drops a due entry whose message state is gone (expired). */
   async dropDue(jobId: string): Promise<void> {
     await this.#redis.zrem(this.dueKey, jobId);
+  }
+
+  /**
+   * The state of each job and whether its answer is stored, without reading the answers: one
+   * round trip per {@link PROGRESS_BATCH} jobs, however many there are.
+   */
+  async progress(jobIds: string[]): Promise<Map<string, { state: DeliveryState; answered: boolean }>> {
+    const out = new Map<string, { state: DeliveryState; answered: boolean }>();
+    for (let i = 0; i < jobIds.length; i += PROGRESS_BATCH) {
+      const batch = jobIds.slice(i, i + PROGRESS_BATCH);
+      const rows = await this.#progress(batch.length, ...batch.map((id) => this.key(id)));
+      batch.forEach((id, j) => out.set(id, { state: (rows[j]?.[0] ?? '') as DeliveryState, answered: rows[j]?.[1] === 1 }));
+    }
+    return out;
   }
 
   /** Reads the answer and the index of the first undelivered part, without changing anything. */

@@ -102,14 +102,17 @@ export function redisKey(prefix: string, ...parts: string[]): string {
   return [prefix, ...parts].join(':');
 }
 
-/** Registers a Lua script once per client (ioredis runs it with EVALSHA, falling back to EVAL). */
+/**
+ * Registers a Lua script once per client (ioredis runs it with EVALSHA, falling back to EVAL).
+ * `numberOfKeys` null: the script takes any number of keys, given as its first argument.
+ */
 export function defineScript<Args extends (string | number)[], R>(
   client: RedisClient,
   name: string,
-  numberOfKeys: number,
+  numberOfKeys: number | null,
   lua: string,
 ): (...args: Args) => Promise<R> {
-  if (!(name in client)) client.defineCommand(name, { numberOfKeys, lua });
+  if (!(name in client)) client.defineCommand(name, numberOfKeys === null ? { lua } : { numberOfKeys, lua });
   const fn = (client as unknown as Record<string, (...a: Args) => Promise<R>>)[name]!;
   return (...args: Args) => fn.apply(client, args);
 }
