@@ -1,3 +1,4 @@
+import { spawn } from 'node:child_process';
 import { describe, expect, it } from 'vitest';
 import { createLogger, withBindings } from '../packages/core/src/index.js';
 import { lineSink } from './helpers/line-sink.js';
@@ -36,5 +37,49 @@ describe('withBindings', () => {
     expect(error).toMatchObject({ reqId: 'r2', level: 50, msg: 'boom', err: { message: 'boom', type: 'Error' } });
     expect(log.isLevelEnabled('debug')).toBe(false);
     expect(log.level).toBe('info');
+  });
+});
+
+// The default destination: stdout, buffered (LOG_BUFFER_BYTES), flushed every LOG_FLUSH_MS and at exit.
+describe('createLogger on stdout', () => {
+  const core = new URL('../packages/core/dist/index.js', import.meta.url).href;
+  /** Runs `script` (an ES module with `createLogger` in scope) and collects its stdout lines with when they arrived. */
+  const run = (script: string) =>
+    new Promise<{ lines: { at: number; line: Record<string, unknown> }[]; code: number | null; startedAt: number }>((resolve) => {
+      const startedAt = Date.now();
+      const child = spawn(process.execPath, ['--input-type=module', '-e', `import { createLogger } from '${core}';\n${script}`], {
+        stdio: ['ignore', 'pipe', 'inherit'],
+      });
+      const lines: { at: number; line: Record<string, unknown> }[] = [];
+      let rest = '';
+      child.stdout.on('data', (chunk: Buffer) => {
+        const parts = (rest + chunk.toString()).split('\n');
+        rest = parts.pop() ?? '';
+        for (const p of parts) if (p) lines.push({ at: Date.now(), line: JSON.parse(p) as Record<string, unknown> });
+      });
+      child.on('close', (code) => resolve({ lines, code, startedAt }));
+    });
+
+  it('writes a lone line within about a second, though the buffer is far from full', async () => {
+    const { lines, startedAt } = await run(`
+      const log = createLogger({ name: 'quiet' });
+      log.info('a lone line');
+      setTimeout(() => log.info('the last line'), 2500);
+      setTimeout(() => process.exit(0), 2600);
+    `);
+    expect(lines.map((l) => l.line.msg)).toEqual(['a lone line', 'the last line']);
+    // the first line was logged at once and sat alone in the buffer: the periodic flush sent it, well before the exit
+    expect(lines[0]!.at - startedAt).toBeLessThan(2200);
+  });
+
+  it('loses no line when the process exits right after logging, and writes lines in order', async () => {
+    const { lines, code } = await run(`
+      const log = createLogger({ name: 'crash' });
+      for (let i = 0; i < 500; i++) log.info({ i }, 'line');
+      log.fatal('about to exit');
+      process.exit(3);
+    `);
+    expect(code).toBe(3);
+    expect(lines.map((l) => l.line.i ?? l.line.msg)).toEqual([...Array.from({ length: 500 }, (_, i) => i), 'about to exit']);
   });
 });

@@ -97,7 +97,7 @@ describe('a Redis outage under running processes', () => {
     await expectQuickAnswer(sim, 'o_outage', 'and again');
     for (const proc of [ingress, worker]) {
       expect(proc.child.exitCode).toBeNull();
-      expect(crashLines(proc.logs)).toEqual([]);
+      expect(crashLines(await proc.flushedLogs())).toEqual([]);
     }
   });
 
@@ -125,7 +125,7 @@ describe('a Redis outage under running processes', () => {
     const result = await sim.deliver(sim.messageXml('o_cold', { MsgType: 'text', Content: 'now', MsgId: nextMsgId() }));
     expect(result.accepted?.reply?.Content).toBe('Echo: now');
     await expectQuickAnswer(sim, 'o_cold', 'and again');
-    for (const proc of [ingress, worker]) expect(crashLines(proc.logs)).toEqual([]);
+    for (const proc of [ingress, worker]) expect(crashLines(await proc.flushedLogs())).toEqual([]);
   });
 
   it('stops on SIGTERM within its deadline even while Redis is down', async () => {

@@ -69,7 +69,7 @@ describe('replicas on one Redis', () => {
     openIds.forEach((id, i) => expect(wechat.textsTo(id)).toEqual([`Echo: late ${i}`]));
     expect(wechat.tokenRequests - tokensBefore).toBeLessThanOrEqual(1);
     // Both workers did part of the work.
-    for (const w of workers) expect(w.logs.filter((l) => l.includes('"answer ready"')).length).toBeGreaterThan(0);
+    for (const logs of await Promise.all(workers.map((w) => w.flushedLogs()))) expect(logs.filter((l) => l.includes('"answer ready"')).length).toBeGreaterThan(0);
   });
 
   it('survives an access token invalidated mid-run: the push that meets it is retried once with one new token, and no job fails', async () => {
@@ -98,7 +98,7 @@ describe('replicas on one Redis', () => {
     expect(sends[1]!.body.touser).toBe(sends[0]!.body.touser);
     expect(sends[1]!.query.access_token).not.toBe(sends[0]!.query.access_token);
     expect(wechat.tokenRequests - tokensBefore).toBe(1);
-    workers.forEach((w, i) => expect(w.logs.slice(logsBefore[i]).filter((l) => l.includes('"job failed"'))).toEqual([]));
+    (await Promise.all(workers.map((w) => w.flushedLogs()))).forEach((logs, i) => expect(logs.slice(logsBefore[i]).filter((l) => l.includes('"job failed"'))).toEqual([]));
   });
 
   it('an ingress killed mid-wait leaves nothing behind: the next attempt, on the other replica, picks up', async () => {
@@ -136,7 +136,7 @@ describe('replicas on one Redis', () => {
     await new Promise((r) => setTimeout(r, 500));
     expect(wechat.textsTo(openId)).toEqual(['Echo: survivor']);
     expect(runsFor(openId)).toHaveLength(2); // the stream was re-run, the answer delivered once
-    expect(rescuer.logs.some((l) => l.includes('"answer ready"') && l.includes(openId))).toBe(true);
+    expect((await rescuer.flushedLogs()).some((l) => l.includes('"answer ready"') && l.includes(openId))).toBe(true);
   });
 
   it('a worker killed while pushing a long answer (SIGKILL): the push job is taken over within about 30 s and sends the rest, no part twice', { timeout: 90_000 }, async () => {

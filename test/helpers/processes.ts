@@ -1,5 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { WeChatSimulator, type CallbackMode } from '../../packages/core/src/wechat/simulator.js';
+import { LOG_FLUSH_MS } from '../../packages/core/src/logger.js';
 import { freePort } from './redis-server.js';
 import { AES_KEY, APP_ID, TOKEN } from './stack.js';
 
@@ -8,8 +9,10 @@ export interface ServiceProcess {
   kind: 'ingress' | 'worker';
   url: string;
   child: ChildProcess;
-  /** Every log line it wrote (pino JSON). */
+  /** Every log line that reached its stdout so far (pino JSON). */
   logs: string[];
+  /** Its log lines once all it logged until now reached stdout (lines are flushed at least every LOG_FLUSH_MS). */
+  flushedLogs(): Promise<string[]>;
   exited: Promise<number | null>;
   /** SIGTERM, then waits for the exit code. */
   stop(): Promise<number | null>;
@@ -34,7 +37,8 @@ export async function startProcess(kind: 'ingress' | 'worker', env: Record<strin
   };
   child.stdout!.on('data', collect);
   child.stderr!.on('data', collect);
-  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  // 'close', not 'exit': every line it flushed at exit has been read by then
+  const exited = new Promise<number | null>((resolve) => child.once('close', (code) => resolve(code)));
   const url = `http://127.0.0.1:${port}`;
   for (let i = 0; ; i++) {
     if (child.exitCode !== null) throw new Error(`${kind} exited with ${child.exitCode}: ${logs.join('\n')}`);
@@ -49,6 +53,10 @@ export async function startProcess(kind: 'ingress' | 'worker', env: Record<strin
     child,
     logs,
     exited,
+    async flushedLogs() {
+      if (child.exitCode === null) await new Promise((r) => setTimeout(r, LOG_FLUSH_MS + 300));
+      return logs;
+    },
     async stop() {
       if (child.exitCode === null) child.kill('SIGTERM');
       return exited;
