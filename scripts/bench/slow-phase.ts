@@ -47,7 +47,8 @@ export async function slowPhase(
   others: Child[],
   expected: (query: string) => string,
 ): Promise<SlowMeasure> {
-  const cpuBefore = new Map([...procs, ...others].map((c) => [c.name, cpuMs(c.pid)]));
+  const watched = [...procs, ...others];
+  const cpuBefore = watched.map((c) => cpuMs(c.pid));
   const memory = watchMemory(procs);
   await fakes.queueSlowAnswers(ctx.opts.slowFollowers, ctx.opts.slowDelayMs);
   const openIds = Array.from({ length: ctx.opts.slowFollowers }, (_, i) => `oSlow${String(i).padStart(4, '0')}`);
@@ -60,10 +61,7 @@ export async function slowPhase(
     report = await fakes.report();
   }
   const peaks = memory.stop();
-  const cpuPerMsg = new Map([...cpuBefore].map(([name, before]) => {
-    const child = [...procs, ...others].find((c) => c.name === name)!;
-    return [name, (cpuMs(child.pid) - before) / openIds.length];
-  }));
+  const cpuPerMsg = new Map(watched.map((c, i) => [c.name, (cpuMs(c.pid) - cpuBefore[i]!) / openIds.length]));
   if (ctx.opts.keep) writeFileSync(join(ctx.dir, 'slow.json'), JSON.stringify({ results, finishes: report.finishes, pushes: report.pushes }));
 
   const measure: SlowMeasure = { delivered: 0, byAttempt: [0, 0, 0], pushed: 0, lags: [], missing: [], peakStreams: report.peakStreams, memory: peaks.memory, cpuPerMsg };

@@ -67,10 +67,10 @@ export class WaitClock {
     const poll = now >= this.#nextPoll;
     if (poll) this.#nextPoll = now + this.#pollMs;
     let next = this.#nextPoll;
-    const wakeAll = poll && !this.#poll;
+    const wakeEach = poll && !this.#poll;
     if (poll) this.#poll?.();
     for (const entry of [...this.#entries]) {
-      if (wakeAll || entry.deadline <= now) entry.wake();
+      if (wakeEach || entry.deadline <= now) entry.wake();
       // Timers may fire a millisecond before Date.now() reaches the deadline: such an entry is re-armed, not lost.
       if (entry.deadline > now) next = Math.min(next, entry.deadline);
     }
