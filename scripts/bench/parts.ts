@@ -9,7 +9,7 @@ import { Queue, Worker } from 'bullmq';
 import { Redis } from 'ioredis';
 import Koa from 'koa';
 import Router from '@koa/router';
-import { pino, type DestinationStream } from 'pino';
+import type { DestinationStream } from 'pino';
 import {
   ANSWER_JOB_OPTIONS,
   DeliveryStore,
@@ -18,6 +18,7 @@ import {
   createDifyClient,
   createLogger,
   decodeRequest,
+  logDestination,
   encodeReply,
   SseDecoder,
   shapeAnswer,
@@ -63,8 +64,8 @@ export async function measureParts(t: PartsTarget): Promise<PartCost[]> {
   const add = (part: string, runsIn: PartCost['runsIn'], cost: Omit<PartCost, 'part' | 'runsIn'>) => rows.push({ part, runsIn, ...cost });
   const plain = callback(t, 'plain');
   const safe = callback(t, 'safe');
-  // pino's asynchronous destination, as the services log (createLogger's default, to stdout there)
-  const logFile = pino.destination({ dest: join(t.dir, 'parts.log'), sync: false });
+  // the services' destination (createLogger's default, to stdout there)
+  const logFile = logDestination(join(t.dir, 'parts.log'));
   const dify = createDifyClient({
     baseUrl: t.difyBaseUrl, apiKey: t.difyApiKey, appType: 'chat', queryVariable: 'query', idleTimeoutMs: 30_000, totalTimeoutMs: 60_000,
     logger: createLogger({ level: 'warn', name: 'parts', destination: logFile }),
@@ -73,16 +74,16 @@ export async function measureParts(t: PartsTarget): Promise<PartCost[]> {
   const answer = (await dify.ask({ query: 'hello', user: OPEN_ID, inputs: {} })).text;
   const reply = () => buildTextReplyXml({ toUser: OPEN_ID, fromUser: 'gh_parts', content: answer });
 
-  add('signature check (SHA-1)', 'ingress', { us: perOp(t.n, () => checkSignature(t.account, plain.query)) });
-  add('callback decode, plain: signature, XML (sax), message', 'ingress', { us: perOp(t.n, () => decodeRequest(t.account, plain.query, plain.body)) });
-  add('callback decode, safe mode: + msg_signature, AES', 'ingress', { us: perOp(t.n, () => decodeRequest(t.account, safe.query, safe.body)) });
-  add('reply XML, plain', 'ingress', { us: perOp(t.n, () => encodeReply(t.account, reply(), false)) });
-  add('reply XML, safe mode: + AES, signature', 'ingress', { us: perOp(t.n, () => encodeReply(t.account, reply(), true, { timestamp: '1700000000', nonce: '12345' })) });
+  add('signature check (SHA-1)', 'ingress', { us: await perOp(t.n, () => checkSignature(t.account, plain.query)) });
+  add('callback decode, plain: signature, XML (sax), message', 'ingress', { us: await perOp(t.n, () => decodeRequest(t.account, plain.query, plain.body)) });
+  add('callback decode, safe mode: + msg_signature, AES', 'ingress', { us: await perOp(t.n, () => decodeRequest(t.account, safe.query, safe.body)) });
+  add('reply XML, plain', 'ingress', { us: await perOp(t.n, () => encodeReply(t.account, reply(), false)) });
+  add('reply XML, safe mode: + AES, signature', 'ingress', { us: await perOp(t.n, () => encodeReply(t.account, reply(), true, { timestamp: '1700000000', nonce: '12345' })) });
 
   const http = await measureHttp(t.n);
   add('HTTP exchange through Koa and @koa/router (server and client)', 'ingress', { us: http.koa });
   add('the same through a bare node:http server', 'reference', { us: http.raw });
-  add('log line: pino formatting, redaction, bindings (its write is asynchronous, not counted)', 'both', { us: measureLogLine(t.n, logFile) });
+  add('log line: pino formatting, redaction, bindings, its share of a buffered write', 'both', { us: await measureLogLine(t.n, logFile) });
 
   const redis = new Redis(t.redisUrl);
   try {
@@ -97,8 +98,8 @@ export async function measureParts(t: PartsTarget): Promise<PartCost[]> {
   });
   const raw = await measureRawDify(t);
   add('the same stream read with node:http, unparsed', 'reference', { us: raw.us });
-  add('SSE parsing of the answer (eventsource-parser, JSON)', 'worker', { us: measureSse(raw.frames, t.n, logFile) });
-  add('answer shaping (markdown, split)', 'worker', { us: perOp(t.n, (i) => splitText(shapeAnswer(`${answer} ${i}`, { difyOrigin: 'http://127.0.0.1' }).text)) });
+  add('SSE parsing of the answer (eventsource-parser, JSON)', 'worker', { us: await measureSse(raw.frames, t.n, logFile) });
+  add('answer shaping (markdown, split)', 'worker', { us: await perOp(t.n, (i) => splitText(shapeAnswer(`${answer} ${i}`, { difyOrigin: 'http://127.0.0.1' }).text)) });
   return rows;
 }
 
@@ -109,20 +110,11 @@ function callback(t: PartsTarget, mode: 'plain' | 'safe') {
   return { query: Object.fromEntries(new URL(url).searchParams), body };
 }
 
-/**
- * µs of this process's CPU per call of a synchronous `op`: the least of 3 runs of `n` calls, after
- * a warm-up of half as many. The least, because what else the process and the machine do (GC
- * threads, a tier-up of the JIT, a timer of the idle services) only ever adds.
- */
-function perOp(n: number, op: (i: number) => unknown): number {
-  for (let i = 0; i < n / 2; i++) op(i);
-  let best = Infinity;
-  for (let round = 1; round <= 3; round++) {
-    const before = process.cpuUsage();
-    for (let i = 0; i < n; i++) op(round * n + i);
-    best = Math.min(best, cpuUs(before) / n);
-  }
-  return best;
+/** µs of this process's CPU per call of a synchronous `op`: see {@link leastOf}. */
+async function perOp(n: number, op: (i: number) => unknown): Promise<number> {
+  return (await leastOf(n, 3, async (count, offset) => {
+    for (let i = 0; i < count; i++) op(offset + i);
+  })).us;
 }
 
 /** The same for an async `op`, `CONCURRENCY` calls at a time, the least of `rounds` runs. */
@@ -142,7 +134,9 @@ function inParallel(op: (i: number) => Promise<unknown>): (count: number, offset
 
 /**
  * `run` (which handles `count` messages numbered from `offset`) once as a warm-up of half of `n`,
- * then `rounds` times `n`: the least µs of this process's CPU per message, and how many messages ran.
+ * then `rounds` times `n`: the least µs of this process's CPU per message, and how many messages
+ * ran. The least, because what else the process and the machine do (GC threads, a tier-up of the
+ * JIT, a timer of the idle services) only ever adds.
  */
 async function leastOf(n: number, rounds: number, run: (count: number, offset: number) => Promise<void>): Promise<{ us: number; messages: number }> {
   const warmup = Math.ceil(n / 2);
@@ -218,7 +212,7 @@ async function measureHttp(n: number): Promise<{ raw: number; koa: number }> {
 }
 
 /** One request's line, as the ingress writes it (bindings, then the line), to a file. */
-function measureLogLine(n: number, file: DestinationStream): number {
+function measureLogLine(n: number, file: DestinationStream): Promise<number> {
   const logger: Logger = createLogger({ level: 'info', name: 'parts', destination: file });
   return perOp(n, (i) => {
     withBindings(logger, { reqId: `r${i}`, account: 'default' })
@@ -289,7 +283,7 @@ async function measureRawDify(t: PartsTarget): Promise<{ us: number; frames: Buf
 }
 
 /** The Dify client's SSE decoding of one answer's frames, one chunk per frame (as the fake writes them). */
-function measureSse(frames: Buffer[], n: number, file: DestinationStream): number {
+function measureSse(frames: Buffer[], n: number, file: DestinationStream): Promise<number> {
   const log = createLogger({ level: 'warn', destination: file });
   return perOp(n, () => {
     const decoder = new SseDecoder({ log });

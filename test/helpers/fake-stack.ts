@@ -4,7 +4,7 @@ import { startFakeDify, type FakeDify, type FakeDifyOptions } from '../fakes/fak
 import { FakeWeChat } from '../fakes/fake-wechat.js';
 import { startStack, type Stack } from './stack.js';
 
-/** A fake Dify (a chat app unless `dify` says otherwise), a fake WeChat API, the stack on them, and a client of the tests' Redis. */
+/** A fake Dify (a chat app unless `dify` says otherwise), a fake WeChat API, the stack on them, and a client of the tests' Redis (opened when first read). */
 export interface FakeStack {
   dify: FakeDify;
   wechat: FakeWeChat;
@@ -23,15 +23,17 @@ export function useFakeStack(opts: {
   stack?: Parameters<typeof startStack>[1];
 }): FakeStack {
   const fx = {} as FakeStack;
+  // opened on first use: not every file that starts a stack reads Redis itself
+  let redis: Redis | undefined;
+  Object.defineProperty(fx, 'redis', { get: () => (redis ??= new Redis(inject('redisUrl'))) });
   beforeAll(async () => {
     fx.dify = await startFakeDify({ mode: 'chat', ...opts.dify });
     fx.wechat = await new FakeWeChat().start();
-    fx.redis = new Redis(inject('redisUrl'));
     fx.stack = await startStack(opts.env(fx), opts.stack);
   });
   afterAll(async () => {
     await fx.stack?.close();
-    await Promise.all([fx.dify?.close(), fx.wechat?.close(), fx.redis?.quit()]);
+    await Promise.all([fx.dify?.close(), fx.wechat?.close(), redis?.quit()]);
   });
   return fx;
 }

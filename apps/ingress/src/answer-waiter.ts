@@ -20,9 +20,9 @@ interface Wait extends ClockEntry {
   mode: 'take' | 'fetch';
 }
 
-/** True when a wait in `mode` would end on seeing `state` (and an answer, if `answered`): see `take`. */
-function wouldEnd(mode: Wait['mode'], state: DeliveryState, answered: boolean): boolean {
-  return answered || (mode === 'take' ? state !== '' : state !== '' && state !== 'wait');
+/** True when a wait in `mode` is over once its job is in `state`: an attempt once it left open, a `1` once it also left wait. */
+function isOver(mode: Wait['mode'], state: DeliveryState): boolean {
+  return state !== '' && (mode === 'take' || state !== 'wait');
 }
 
 /**
@@ -103,7 +103,7 @@ export class AnswerWaiter {
         if (check) {
           woken = false;
           result = await this.#store.settle(jobId, mode);
-          if (result.state !== '' && (mode === 'take' || result.state !== 'wait')) return result;
+          if (isOver(mode, result.state)) return result;
         }
         if (signal?.aborted || deadline <= Date.now()) return result;
         // A wake-up during the check set `woken`: check again rather than sleep.
@@ -127,7 +127,8 @@ export class AnswerWaiter {
     try {
       const progress = await this.#store.progress([...this.#waits.keys()]);
       for (const [jobId, { state, answered }] of progress) {
-        for (const wait of this.#waits.get(jobId) ?? []) if (wouldEnd(wait.mode, state, answered)) wait.wake();
+        // a stored answer ends the wait too: the settle the wake-up runs takes (or fetches) it
+        for (const wait of this.#waits.get(jobId) ?? []) if (answered || isOver(wait.mode, state)) wait.wake();
       }
     } catch (err) {
       // Each wait still looks at Redis at its deadline; the next poll tries again.

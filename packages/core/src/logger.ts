@@ -48,6 +48,15 @@ export const LOG_BUFFER_BYTES = 4096;
 /** The longest a line waits in that buffer when traffic is low. */
 export const LOG_FLUSH_MS = 1000;
 
+/**
+ * Where a process's lines go: `dest` (a file descriptor or path; stdout by default), written
+ * asynchronously and buffered, LOG_BUFFER_BYTES at a time or at least every LOG_FLUSH_MS; pino
+ * flushes it at exit.
+ */
+export function logDestination(dest: number | string = 1): DestinationStream {
+  return pino.destination({ dest, sync: false, minLength: LOG_BUFFER_BYTES, periodicFlush: LOG_FLUSH_MS });
+}
+
 /** The root logger of a process; everything else is a child of it. */
 export function createLogger(opts: { level?: string; name?: string; destination?: DestinationStream } = {}): Logger {
   const options: LoggerOptions = {
@@ -56,9 +65,8 @@ export function createLogger(opts: { level?: string; name?: string; destination?
     redact: { paths: REDACT_PATHS, censor: '[redacted]' },
     timestamp: pino.stdTimeFunctions.isoTime,
   };
-  // Asynchronous, buffered writes to stdout: a log line never blocks the event loop, and lines go
-  // out together, LOG_BUFFER_BYTES at a time or at least every LOG_FLUSH_MS; pino flushes at exit.
-  return pino(options, opts.destination ?? pino.destination({ dest: 1, sync: false, minLength: LOG_BUFFER_BYTES, periodicFlush: LOG_FLUSH_MS }));
+  // a log line never blocks the event loop
+  return pino(options, opts.destination ?? logDestination());
 }
 
 /**
