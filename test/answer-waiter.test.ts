@@ -128,6 +128,38 @@ describe('AnswerWaiter', () => {
     expect(store.settles).toBe(2);
   });
 
+  it('returns the answer a worker granted to the waiting attempt as its wake-up carries it, without settling', async () => {
+    await startWaiter();
+    const follower = { account: 'acc', openId: 'o_granted', queued: true, allowance: undefined };
+    await store.recordAttempt('job-granted', follower, Date.now(), [Date.now() + 4000]);
+    const wait = waiter.take('job-granted', Date.now() + 4000, { fresh: true });
+    // a `1` waiting on the same job is not an attempt: it is not granted anything and looks for itself
+    const fetch = waiter.take('job-granted', Date.now() + 300, { mode: 'fetch' });
+    await sleep(50);
+    const settlesBefore = store.settles;
+    expect(await store.saveAnswer('job-granted', answer('granted'), { ...finish, openId: 'o_granted' })).toMatchObject({ state: 'passive' });
+    expect(await wait).toMatchObject({ state: 'passive', won: true, answer: { parts: [{ text: 'granted' }] } });
+    expect((await fetch).won).toBe(false);
+    // only the `1` settled after the answer was stored
+    expect(store.settles - settlesBefore).toBe(1);
+  });
+
+  it('settles when a wake-up says nothing was granted, or carries a notice it cannot read', async () => {
+    await startWaiter();
+    const waits = ['job-bare', 'job-garbled'].map((id) => waiter.take(id, Date.now() + 4000, { fresh: true }));
+    await sleep(50);
+    await storeSilently('job-bare', 'bare');
+    await storeSilently('job-garbled', 'garbled');
+    await redis.publish(store.answersChannel, 'job-bare');
+    await redis.publish(store.answersChannel, 'job-garbled\n{not json');
+    const results = await Promise.all(waits);
+    expect(results.map((r) => [r.state, r.won, r.answer?.parts[0]])).toEqual([
+      ['passive', true, { type: 'text', text: 'bare' }],
+      ['passive', true, { type: 'text', text: 'garbled' }],
+    ]);
+    expect(store.settles).toBe(2);
+  });
+
   it('catches an answer whose PUBLISH was lost within about a second', async () => {
     await startWaiter();
     const start = Date.now();

@@ -1,5 +1,8 @@
-import { describe, expect, it } from 'vitest';
+import { createHash } from 'node:crypto';
+import { describe, expect, inject, it } from 'vitest';
 import { utf8Length } from '../packages/core/src/index.js';
+import { ATTEMPT_LUA, SETTLE_LUA } from '../packages/core/src/delivery-scripts.js';
+import { watchCommands } from './helpers/redis-server.js';
 import { testEnv } from './helpers/stack.js';
 import { useFakeStack } from './helpers/fake-stack.js';
 import { answerReadyAt, difyCallsFor, eventually, nextMsgId, sendText, slowQuery, twoModesConfigFile } from './helpers/wechat-timing.js';
@@ -127,6 +130,42 @@ describe("delivery across WeChat's retries (1 s window)", () => {
     // The bystander was not held up behind the burst.
     const bystander = fx.dify.runRequests().find((r) => (r.body as { user: string }).user === 'o_bystander')!;
     expect(bystander.at).toBeLessThan(runs[2]!.at);
+  });
+
+  it('answers a message that heads its line, ready while its attempt waits, with no round trip beyond the attempt, the job and the answer', async () => {
+    const prefix = fx.stack.config.queuePrefix;
+    const openId = 'o_head_of_line';
+    const watched = new Set([`${prefix}:order:wait:${openId}`, `${prefix}:conv:wait:${openId}`]);
+    const sha = (lua: string) => createHash('sha1').update(lua).digest('hex');
+    const scripts = new Map([[sha(ATTEMPT_LUA), 'attempt'], [sha(SETTLE_LUA), 'settle']]);
+    // Commands clients send (not those run inside Lua scripts): reads of the follower's line or
+    // conversation, and runs of the attempt and settle scripts on this follower's messages.
+    const seen: string[] = [];
+    const monitor = await watchCommands(inject('redisUrl'), ({ args, source }) => {
+      if (source === 'lua') return;
+      if (watched.has(args[1] ?? '')) seen.push(`${args[0]!.toLowerCase()} ${args[1]}`);
+      const script = scripts.get(args[1] ?? '');
+      if (args[0]?.toLowerCase() === 'evalsha' && script && args[3]?.includes(openId)) seen.push(script);
+    });
+    try {
+      const first = await send('wait', openId, slowQuery('head one', 0)).delivery;
+      expect(first.accepted?.reply?.Content).toBe('Echo: head one');
+      // The conversation Dify opened was saved (in a script): the next message carries it.
+      const second = await send('wait', openId, slowQuery('head two', 0)).delivery;
+      expect(second.accepted?.reply?.Content).toBe('Echo: head two');
+      const runs = fx.dify.runRequests().filter((r) => (r.body as { user: string }).user === openId);
+      expect((runs[1]!.body as { conversation_id?: string }).conversation_id).toBe(fx.dify.conversationIds(openId)[0]);
+      // The worker did not look at the line or the conversation (the attempt script told the job),
+      // and the attempt did not settle (the script storing the answer granted it to the attempt).
+      expect(seen).toEqual(['attempt', 'attempt']);
+      // A message queued behind another one checks its turn when it runs: the watch sees that.
+      const behind = [send('wait', openId, slowQuery('head three', 300)), send('wait', openId, slowQuery('head four', 0))];
+      await Promise.all(behind.map((b) => b.delivery));
+      expect(seen).toContain(`zrange ${prefix}:order:wait:${openId}`);
+      expect(seen).toContain(`hmget ${prefix}:conv:wait:${openId}`);
+    } finally {
+      monitor.stop();
+    }
   });
 
   it('deduplicates events: the same subscribe delivered twice reaches Dify once', async () => {

@@ -1,6 +1,7 @@
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { DeliveryStore, pushAllowanceFor } from '../packages/core/src/delivery-store.js';
+import { ConversationStore } from '../packages/core/src/conversation-store.js';
+import { DeliveryStore, parseAnswerNotice, pushAllowanceFor } from '../packages/core/src/delivery-store.js';
 import type { StoredAnswer } from '../packages/core/src/queue.js';
 import { uniquePrefix } from './helpers/prefix.js';
 
@@ -23,10 +24,105 @@ describe('DeliveryStore', () => {
   it('counts attempts and keeps the first arrival time', async () => {
     const a = await store.recordAttempt('job-a', follower, 1000);
     const b = await store.recordAttempt('job-a', follower, 6000);
-    expect(a).toEqual({ attempt: 1, firstAt: 1000, state: '' });
-    expect(b).toEqual({ attempt: 2, firstAt: 1000, state: '' });
+    // alone in its follower's line, it heads it; the follower has no conversation yet
+    expect(a).toEqual({ attempt: 1, firstAt: 1000, state: '', headOfLine: { id: undefined, generation: '0' } });
+    expect(b).toEqual({ attempt: 2, firstAt: 1000, state: '', headOfLine: { id: undefined, generation: '0' } });
     // The message took its place in its follower's line at its first arrival, once.
     expect(await redis.zrange(store.orderKey('acc', 'o_user'), 0, -1)).toEqual(['job-a']);
+  });
+
+  it('says when a message heads its follower\'s line, with the conversation as it stands then', async () => {
+    const them = { account: 'acc', openId: 'o_head', queued: true, allowance: MESSAGE };
+    const conversations = new ConversationStore(redis, prefix);
+    await conversations.save('acc', 'o_head', { id: undefined, generation: '0' }, 'conv-1');
+    await conversations.clear('acc', 'o_head');
+    await conversations.save('acc', 'o_head', { id: undefined, generation: '1' }, 'conv-2');
+    expect((await store.recordAttempt('head-1', them)).headOfLine).toEqual({ id: 'conv-2', generation: '1' });
+    // behind head-1: its turn comes later, and the conversation is read then
+    expect((await store.recordAttempt('head-2', them)).headOfLine).toBeUndefined();
+    // a message that does not go to Dify takes no place in line and heads nothing
+    expect((await store.recordAttempt('view-2', { ...them, queued: false })).headOfLine).toBeUndefined();
+    await store.saveAnswer('head-1', answer('one'), { ...finish, openId: 'o_head' });
+    // head-1's answer is stored: head-2 heads the line now (a retry of it says so)
+    expect((await store.recordAttempt('head-2', them)).headOfLine).toEqual({ id: 'conv-2', generation: '1' });
+    // a retry of an answered message takes no place in line
+    expect((await store.recordAttempt('head-1', them)).headOfLine).toBeUndefined();
+  });
+
+  describe('an attempt waiting when the answer is stored is granted it in the same script', () => {
+    const them = (openId: string) => ({ account: 'acc', openId, queued: true, allowance: MESSAGE });
+    const open = () => [Date.now() + 5000, Date.now() + 5000];
+    /** The answers channel's messages, from a connection of its own. */
+    const listen = async () => {
+      const sub = new Redis(inject('redisUrl'));
+      const notices: string[] = [];
+      sub.on('message', (_channel: string, notice: string) => notices.push(notice));
+      await sub.subscribe(store.answersChannel);
+      return { notices, close: () => sub.disconnect() };
+    };
+    const noticeOf = async (notices: string[], jobId: string) => {
+      const match = (n: string) => n === jobId || n.startsWith(`${jobId}\n`);
+      for (let i = 0; i < 100 && !notices.some(match); i++) await new Promise((r) => setTimeout(r, 10));
+      return parseAnswerNotice(notices.find(match)!);
+    };
+
+    it('state passive, no due entry, and the notice carries the answer; a retry finds it passive and may repeat it', async () => {
+      const channel = await listen();
+      try {
+        await store.recordAttempt('grant-1', them('o_grant'), Date.now(), open());
+        expect(await store.saveAnswer('grant-1', answer('granted'), { ...finish, openId: 'o_grant' })).toEqual({ state: 'passive', next: undefined });
+        expect(await store.peek('grant-1')).toMatchObject({ state: 'passive', next: 1 });
+        expect(await redis.zscore(store.dueKey, 'grant-1')).toBeNull();
+        const notice = await noticeOf(channel.notices, 'grant-1');
+        expect(notice).toEqual({ jobId: 'grant-1', granted: { parts: [{ type: 'text', text: 'granted' }], readyAt: expect.any(Number) } });
+        // WeChat retries only when the granted reply did not arrive: the retry replies with it again
+        await store.recordAttempt('grant-1', them('o_grant'), Date.now(), open());
+        expect(await store.settle('grant-1', 'take')).toMatchObject({ state: 'passive', won: false, answer: { parts: [{ text: 'granted' }] } });
+      } finally {
+        channel.close();
+      }
+    });
+
+    it('nothing is granted past the waiting deadline, to the last attempt, or without a deadline: the answer is due', async () => {
+      const channel = await listen();
+      try {
+        await store.recordAttempt('grant-late', them('o_grant_late'), Date.now(), [Date.now() - 1, Date.now() - 1]);
+        for (let n = 0; n < 3; n++) await store.recordAttempt('grant-last', them('o_grant_last'), Date.now(), open());
+        await store.recordAttempt('grant-none', them('o_grant_none'));
+        for (const [id, openId] of [['grant-late', 'o_grant_late'], ['grant-last', 'o_grant_last'], ['grant-none', 'o_grant_none']] as const) {
+          expect(await store.saveAnswer(id, answer(id), { ...finish, openId })).toEqual({ state: '', next: undefined });
+          expect(await redis.zscore(store.dueKey, id)).not.toBeNull();
+          expect(await noticeOf(channel.notices, id)).toEqual({ jobId: id, granted: undefined });
+        }
+      } finally {
+        channel.close();
+      }
+    });
+
+    it('an answer over 16 KiB is granted, but its notice only wakes (the attempt reads it)', async () => {
+      const channel = await listen();
+      try {
+        await store.recordAttempt('grant-big', them('o_grant_big'), Date.now(), open());
+        expect((await store.saveAnswer('grant-big', answer('x'.repeat(20_000)), { ...finish, openId: 'o_grant_big' })).state).toBe('passive');
+        expect(await noticeOf(channel.notices, 'grant-big')).toEqual({ jobId: 'grant-big', granted: undefined });
+        expect((await store.settle('grant-big', 'take')).answer?.parts[0]).toEqual({ type: 'text', text: 'x'.repeat(20_000) });
+      } finally {
+        channel.close();
+      }
+    });
+
+    it('a rerun that stores a second answer grants the first one, which stays', async () => {
+      await store.recordAttempt('grant-rerun', them('o_grant_rerun'), Date.now(), [Date.now() - 1]);
+      await store.saveAnswer('grant-rerun', answer('first'), { ...finish, openId: 'o_grant_rerun' });
+      const channel = await listen();
+      try {
+        await store.recordAttempt('grant-rerun', them('o_grant_rerun'), Date.now(), [0, Date.now() + 5000]);
+        expect((await store.saveAnswer('grant-rerun', answer('second'), { ...finish, openId: 'o_grant_rerun' })).state).toBe('passive');
+        expect((await noticeOf(channel.notices, 'grant-rerun')).granted?.parts).toEqual([{ type: 'text', text: 'first' }]);
+      } finally {
+        channel.close();
+      }
+    });
   });
 
   it('a silent event is counted like an attempt but opens no push allowance', async () => {

@@ -1,6 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
+import { connect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -72,4 +72,37 @@ export async function waitForRedis(url: string, child: ChildProcess): Promise<vo
     }
   }
   throw new Error('redis-server did not start');
+}
+
+/** A command as Redis's MONITOR shows it: its words, and who sent it (`lua` for one run inside a script). */
+export interface MonitoredCommand {
+  args: string[];
+  source: string;
+}
+
+/**
+ * Streams every command Redis runs from now on (MONITOR, on a plain socket: ioredis's monitor mode
+ * is known to lose track of its replies, redis/ioredis#1981). Resolves once Redis confirmed the watch.
+ */
+export async function watchCommands(url: string, onCommand: (command: MonitoredCommand) => void): Promise<{ stop(): void }> {
+  const { hostname, port } = new URL(url);
+  const socket = connect(Number(port), hostname);
+  socket.setEncoding('utf8');
+  let buffered = '';
+  let confirmed: () => void;
+  const ready = new Promise<void>((resolve) => (confirmed = resolve));
+  socket.on('data', (chunk: string) => {
+    buffered += chunk;
+    const lines = buffered.split('\r\n');
+    buffered = lines.pop()!;
+    for (const line of lines) {
+      if (line === '+OK') confirmed();
+      // +1700000000.123456 [0 127.0.0.1:50000] "zrange" "key" "0" "0"
+      const m = /^\+[\d.]+ \[\d+ ([^\]]+)\] (.*)$/.exec(line);
+      if (m) onCommand({ source: m[1]!, args: [...m[2]!.matchAll(/"((?:[^"\\]|\\.)*)"/g)].map((a) => a[1]!) });
+    }
+  });
+  socket.write('MONITOR\r\n');
+  await ready;
+  return { stop: () => socket.destroy() };
 }

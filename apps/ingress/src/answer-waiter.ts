@@ -1,4 +1,4 @@
-import { throttledErrorLog, type DeliveryState, type DeliveryStore, type Logger, type RedisClient, type SettleResult } from '@wxdify/core';
+import { parseAnswerNotice, throttledErrorLog, type DeliveryState, type DeliveryStore, type Logger, type RedisClient, type SettleResult } from '@wxdify/core';
 import { WaitClock, type ClockEntry } from './wait-clock.js';
 
 /** Re-checks Redis this often while something waits, in case a wake-up was missed (pub/sub is at-most-once). */
@@ -18,6 +18,8 @@ export interface TakeOptions {
 /** One request's wait, as the clock and the safety poll see it. */
 interface Wait extends ClockEntry {
   mode: 'take' | 'fetch';
+  /** The answer the worker granted to the attempt waiting now, as its wake-up carried it. */
+  granted?: SettleResult;
 }
 
 /** True when a wait in `mode` is over once its job is in `state`: an attempt once it left open, a `1` once it also left wait. */
@@ -28,9 +30,10 @@ function isOver(mode: Wait['mode'], state: DeliveryState): boolean {
 /**
  * Waits for answers across every request of this process with one subscriber connection and one
  * timer (WaitClock): the worker publishes a job id the moment it stores its answer (FINISH_LUA),
- * and a map of job id → waits turns that into an immediate settle. Each wait settles through
- * Redis, so an answer stored before the wait began is seen at once, and one stored between the
- * check and the sleep still wakes it. The safety poll looks at every waited job in one round trip
+ * and a map of job id → waits turns that into an immediate settle. When an attempt was waiting,
+ * that script granted it the answer already and the notice carries it: the attempt replies
+ * without a round trip. Each wait settles through Redis, so an answer stored before the wait
+ * began is seen at once, and one stored between the check and the sleep still wakes it. The safety poll looks at every waited job in one round trip
  * and wakes only the waits it finds something for: a few hundred requests waiting together used
  * to settle one by one every second, a burst of Redis calls that could land on a burst of answers.
  */
@@ -49,8 +52,13 @@ export class AnswerWaiter {
     this.#subscriber = opts.subscriber;
     this.#clock = new WaitClock(opts.pollMs ?? SAFETY_POLL_MS, () => void this.#poll());
     this.#onPollError = throttledErrorLog(opts.logger, 'safety poll failed');
-    this.#subscriber.on('message', (_channel: string, jobId: string) => {
-      for (const wait of this.#waits.get(jobId) ?? []) wait.wake();
+    this.#subscriber.on('message', (_channel: string, notice: string) => {
+      const { jobId, granted } = parseAnswerNotice(notice);
+      for (const wait of this.#waits.get(jobId) ?? []) {
+        // Granted in the script that stored it, as this attempt's own `take` would have done.
+        if (granted && wait.mode === 'take') wait.granted = { state: 'passive', answer: granted, won: true };
+        wait.wake();
+      }
     });
     const onError = throttledErrorLog(opts.logger, 'subscribe failed');
     // Publishes sent while the subscriber was away are lost: once it is subscribed again (ioredis
@@ -100,6 +108,7 @@ export class AnswerWaiter {
       for (let check = !opts.fresh; ; check = true) {
         // WeChat hung up: an answer taken now would reach nobody; the caller hands it over instead.
         if (signal?.aborted) return result;
+        if (wait.granted) return wait.granted;
         if (check) {
           woken = false;
           result = await this.#store.settle(jobId, mode);

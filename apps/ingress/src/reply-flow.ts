@@ -120,7 +120,9 @@ async function answerMessage(
 ): Promise<Outcome> {
   const ref: AnswerRef = { account, openId: message.fromUserName, jobId: messageJobId(account.id, message) };
   const follower = { account: account.id, openId: ref.openId, queued: true, allowance: pushAllowanceFor(message) };
-  const { attempt, firstAt, state } = await deps.store.recordAttempt(ref.jobId, follower, arrivedAt);
+  // Attempts before the last may be granted the answer by the worker while they wait (FINISH_LUA).
+  const grantUntil = Array.from({ length: LAST_ATTEMPT - 1 }, (_, i) => attemptDeadline(deps.config, account, i + 1, arrivedAt));
+  const { attempt, firstAt, state, headOfLine } = await deps.store.recordAttempt(ref.jobId, follower, arrivedAt, grantUntil);
   progress.attempt = attempt;
   log.debug({ jobId: ref.jobId, attempt }, 'attempt');
   const deadline = attemptDeadline(deps.config, account, attempt, arrivedAt);
@@ -128,7 +130,7 @@ async function answerMessage(
   const outcome = await settleAttempt(deps, ref, last ? { notAfter: replyNotAfter(deps.config, arrivedAt), progress } : undefined, deadline, {
     signal,
     // Adding is idempotent (the job id): a retry on any replica, or after a crash, attaches to the same job.
-    onRegistered: state === '' ? () => enqueue(deps, account, message, ref.jobId, firstAt) : undefined,
+    onRegistered: state === '' ? () => enqueue(deps, ref.jobId, { account: account.id, message, receivedAt: firstAt, ...(headOfLine ? { headOfLine } : {}) }) : undefined,
     fresh: attempt === 1,
   });
   return { ...outcome, attempt, firstAt };
@@ -301,8 +303,8 @@ export function attemptDeadline(config: Config, account: AccountConfig, attempt:
   return arrivedAt + budget;
 }
 
-async function enqueue(deps: ReplyFlowDeps, account: AccountConfig, message: InboundMessage, jobId: string, firstAt: number) {
-  await deps.queue.add(JOBS.answer, { account: account.id, message, receivedAt: firstAt }, { ...ANSWER_JOB_OPTIONS, jobId });
+async function enqueue(deps: ReplyFlowDeps, jobId: string, data: AnswerJobData) {
+  await deps.queue.add(JOBS.answer, data, { ...ANSWER_JOB_OPTIONS, jobId });
 }
 
 /** Customer-service mode, unless WeChat told a worker the account lacks the permission (48001). */

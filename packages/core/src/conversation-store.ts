@@ -19,6 +19,11 @@ export interface ConversationRef {
   generation: string;
 }
 
+/** The hash of a follower's conversation: `id` (Dify's) and `gen` (bumped by every `/clear`). */
+export function conversationKey(prefix: string, account: string, openId: string): string {
+  return redisKey(prefix, 'conv', account, openId);
+}
+
 /** Dify conversation ids per (account, follower), in Redis so they survive every restart. */
 export class ConversationStore {
   readonly #redis: RedisClient;
@@ -32,7 +37,7 @@ export class ConversationStore {
   }
 
   #key(account: string, openId: string): string {
-    return redisKey(this.#prefix, 'conv', account, openId);
+    return conversationKey(this.#prefix, account, openId);
   }
 
   /** The current conversation id (if any) and its generation. */

@@ -2,15 +2,20 @@
 // transition of a message's delivery state happens inside one of them, so the ingress and the
 // workers never race on it (DESIGN 2).
 
-// KEYS: message hash, the follower's line (sorted set), the follower's push allowance.
+// KEYS: message hash, the follower's line (sorted set), the follower's push allowance, the
+//       follower's conversation (hash: id, gen).
 // ARGV: now, ttl, job id, allowance ('' keeps it), '1' when the message goes to Dify (takes a place in line),
-//       how long the allowance lasts (s).
+//       how long the allowance lasts (s), then one deadline (ms epoch) per attempt that may be
+//       granted its answer by the worker (ARGV[6 + n] for attempt n; none for the last attempt).
 // A follower message's first arrival opens a fresh push allowance (WeChat's retries of it do not:
 // pushes of an earlier answer may have used some since) and fixes its place in line.
 // The place (`ord`) comes from Redis's one clock, not from each replica's: replicas' clocks drift,
 // and a message sent later must not overtake one sent earlier. `first` (this replica's clock, for
 // the deadlines measured from it) is kept as it is. ms with a microsecond fraction, so a burst in
 // one millisecond still keeps its order.
+// A message for Dify that heads its follower's line now keeps heading it until its answer is
+// stored (a later arrival never goes before it): the reply says so, with the conversation as it
+// stands, and the job carries both, so the worker starts it without looking at the line again.
 export const ATTEMPT_LUA = `
 local n = redis.call('HINCRBY', KEYS[1], 'att', 1)
 if n == 1 then
@@ -21,12 +26,24 @@ end
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 local h = redis.call('HMGET', KEYS[1], 'first', 'state', 'ord')
 local first, st = h[1], h[2] or ''
+local head, conv = 0, {}
 if ARGV[5] == '1' and st == '' and redis.call('HEXISTS', KEYS[1], 'ans') == 0 then
   redis.call('ZADD', KEYS[2], 'NX', h[3], ARGV[3])
   redis.call('EXPIRE', KEYS[2], 86400)
+  if redis.call('ZRANGE', KEYS[2], 0, 0)[1] == ARGV[3] then
+    head = 1
+    conv = redis.call('HMGET', KEYS[4], 'id', 'gen')
+  end
 end
 if ARGV[4] ~= '' and n == 1 then redis.call('SET', KEYS[3], ARGV[4], 'EX', ARGV[6]) end
-return {n, first, st}
+-- Until when this attempt waits for the answer: the worker that stores it by then hands it to
+-- this attempt at once (FINISH_LUA). The last attempt takes or hands over itself (SETTLE_LUA).
+if ARGV[5] == '1' and st == '' and ARGV[6 + n] then
+  redis.call('HSET', KEYS[1], 'grant', ARGV[6 + n])
+else
+  redis.call('HDEL', KEYS[1], 'grant')
+end
+return {n, first, st, head, conv[1] or '', conv[2] or '0'}
 `;
 
 // take:    an attempt is open; take the answer if it exists.
@@ -137,22 +154,35 @@ return redis.call('INCR', KEYS[1])
 
 // KEYS: message hash, the follower's line, the due set.
 // ARGV: answer JSON, ttl, job id, account, OpenID, ms after the first arrival when WeChat's last
-//       attempt must be over, now, the channel that wakes waiting attempts.
+//       attempt must be over, now, the channel that wakes waiting attempts, the largest answer
+//       (bytes) a wake-up carries.
 // Stores the answer unless one is stored already (a rerun of the job never replaces an answer whose
-// parts may be half delivered), ends the job's turn (returning the next job in line), and, when no attempt
-// has taken or handed over the answer yet, puts it in the due set: a worker's sweep hands it over
-// once WeChat's window is over. Then wakes the attempts that wait for it.
+// parts may be half delivered), ends the job's turn (returning the next job in line), and wakes
+// the attempts that wait for it. An attempt that is waiting now (within its `grant` deadline, by
+// Redis's clock) is granted the answer here: state passive, its first part going out, as its own
+// `take` would have done; the wake-up carries the stored answer (when it is small enough), so that
+// attempt replies without another round trip. Otherwise, while no attempt took or handed over the
+// answer, it goes into the due set: a worker's sweep hands it over once WeChat's window is over.
 export const FINISH_LUA = `
-redis.call('HSETNX', KEYS[1], 'ans', ARGV[1])
+local stored = redis.call('HSETNX', KEYS[1], 'ans', ARGV[1])
 redis.call('HSET', KEYS[1], 'acct', ARGV[4], 'uid', ARGV[5])
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('ZREM', KEYS[2], ARGV[3])
-local h = redis.call('HMGET', KEYS[1], 'state', 'first')
+local h = redis.call('HMGET', KEYS[1], 'state', 'first', 'grant')
 local st = h[1] or ''
+local notice = ARGV[3]
 if st == '' then
-  redis.call('ZADD', KEYS[3], tonumber(h[2] or ARGV[7]) + tonumber(ARGV[6]), ARGV[3])
+  local t = h[3] and redis.call('TIME')
+  if t and tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) <= tonumber(h[3]) then
+    st = 'passive'
+    redis.call('HSET', KEYS[1], 'state', st, 'next', 1)
+    local ans = stored == 1 and ARGV[1] or redis.call('HGET', KEYS[1], 'ans')
+    if #ans <= tonumber(ARGV[9]) then notice = notice .. '\\n' .. ans end
+  else
+    redis.call('ZADD', KEYS[3], tonumber(h[2] or ARGV[7]) + tonumber(ARGV[6]), ARGV[3])
+  end
 end
-redis.call('PUBLISH', ARGV[8], ARGV[3])
+redis.call('PUBLISH', ARGV[8], notice)
 local nxt = redis.call('ZRANGE', KEYS[2], 0, 0)[1]
 return {st, nxt or ''}
 `;

@@ -1,3 +1,4 @@
+import { conversationKey, type ConversationRef } from './conversation-store.js';
 import { defineScript, redisKey, type RedisClient } from './redis.js';
 import type { AnswerPart, StoredAnswer } from './queue.js';
 import {
@@ -21,6 +22,7 @@ import {
  *            push    handed to customer-service pushes
  *            wait    the follower fetches it by sending `1`
  *            fetched the follower's `1` took it
+ *   grant  – until when (ms) the attempt that waits now takes the answer the moment it is stored
  *   next   – index of the first part not handed out yet (claimed by a push or a `1`)
  *   cont   – how many `1`s waited on it
  * Every transition happens inside one Lua script, so the ingress giving up at the last
@@ -73,6 +75,27 @@ export function pushAllowanceFor(message: { kind: string; event?: string }): Pus
   return message.event !== undefined && EVENT_ALLOWANCE_EVENTS.has(message.event) ? EVENT_ALLOWANCE : undefined;
 }
 
+/**
+ * The largest answer (JSON bytes) that travels in the notice granting it to a waiting attempt:
+ * every ingress replica receives every notice. A larger one is read by the attempt it was granted to.
+ */
+const NOTICE_ANSWER_MAX_BYTES = 16_384;
+
+/**
+ * Reads a message of the answers channel: the job id, and the answer when the worker granted it
+ * to a waiting attempt (FINISH_LUA). A bare job id (also what earlier versions publish) only wakes.
+ */
+export function parseAnswerNotice(notice: string): { jobId: string; granted: StoredAnswer | undefined } {
+  const cut = notice.indexOf('\n');
+  if (cut < 0) return { jobId: notice, granted: undefined };
+  const jobId = notice.slice(0, cut);
+  try {
+    return { jobId, granted: JSON.parse(notice.slice(cut + 1)) as StoredAnswer };
+  } catch {
+    return { jobId, granted: undefined }; // still a wake-up: the attempt reads the answer from Redis
+  }
+}
+
 /** Jobs per PROGRESS_LUA call: a few hundred keys keep Redis busy well under a millisecond. */
 const PROGRESS_BATCH = 500;
 
@@ -95,11 +118,11 @@ export class DeliveryStore {
   constructor(redis: RedisClient, prefix: string) {
     this.#redis = redis;
     this.#prefix = prefix;
-    this.#attempt = defineScript<[string, string, string, number, number, string, number | '', string, number], [number, string, string]>(
-      redis, 'wxdAttempt', 3, ATTEMPT_LUA);
+    this.#attempt = defineScript<[string, string, string, string, number, number, string, number | '', string, number, ...number[]], [number, string, string, number, string, string]>(
+      redis, 'wxdAttempt', 4, ATTEMPT_LUA);
     this.#settle = defineScript<[string, string, string, string, string, string, string, number, number], [string, string, number]>(
       redis, 'wxdSettle', 3, SETTLE_LUA);
-    this.#finish = defineScript<[string, string, string, string, number, string, string, string, number, number, string], [string, string]>(
+    this.#finish = defineScript<[string, string, string, string, number, string, string, string, number, number, string, number], [string, string]>(
       redis, 'wxdFinish', 3, FINISH_LUA);
     this.#claimPart = defineScript<[string], [number, string, number]>(redis, 'wxdClaimPart', 1, CLAIM_PART_LUA);
     this.#giveBackPart = defineScript<[string, number], number>(redis, 'wxdGiveBackPart', 1, GIVE_BACK_PART_LUA);
@@ -118,7 +141,10 @@ export class DeliveryStore {
     return redisKey(this.#prefix, 'due');
   }
 
-  /** The channel on which a stored answer's job id is published, waking the attempts waiting for it. */
+  /**
+   * The channel on which a stored answer's job id is published, waking the attempts waiting for
+   * it (see {@link parseAnswerNotice}).
+   */
   get answersChannel(): string {
     return redisKey(this.#prefix, 'answers');
   }
@@ -131,25 +157,32 @@ export class DeliveryStore {
   /**
    * Counts a WeChat attempt (the first one opens the trigger's push `allowance`); returns its number
    * (1-based), when the first one arrived, and the state. A message for Dify (`queued`) takes its
-   * place in the follower's line at its first arrival.
+   * place in the follower's line at its first arrival; `headOfLine` is the follower's conversation
+   * when the message heads that line (its turn has come, and stays until its answer is stored).
+   * `grantUntil[n - 1]`: until when (ms epoch) attempt n waits for the answer, so that the worker
+   * storing it by then grants it to that attempt at once (see FINISH_LUA); none for the last attempt.
    */
   async recordAttempt(
     jobId: string,
     follower: { account: string; openId: string; queued: boolean; allowance: PushAllowance | undefined },
     now = Date.now(),
-  ): Promise<{ attempt: number; firstAt: number; state: DeliveryState }> {
-    const [attempt, first, state] = await this.#attempt(
+    grantUntil: number[] = [],
+  ): Promise<{ attempt: number; firstAt: number; state: DeliveryState; headOfLine?: ConversationRef }> {
+    const [attempt, first, state, head, conversationId, generation] = await this.#attempt(
       this.key(jobId),
       this.orderKey(follower.account, follower.openId),
       this.#followerKey('quota', follower.account, follower.openId),
+      conversationKey(this.#prefix, follower.account, follower.openId),
       now,
       DELIVERY_TTL_S,
       jobId,
       follower.allowance?.count ?? '',
       follower.queued ? '1' : '0',
       follower.allowance?.ttlS ?? 0,
+      ...grantUntil,
     );
-    return { attempt: Number(attempt), firstAt: Number(first), state: state as DeliveryState };
+    const result = { attempt: Number(attempt), firstAt: Number(first), state: state as DeliveryState };
+    return head === 1 ? { ...result, headOfLine: { id: conversationId || undefined, generation } } : result;
   }
 
   /** One atomic step of the state machine above. */
@@ -194,6 +227,7 @@ export class DeliveryStore {
       follower.dueAfterMs,
       Date.now(),
       this.answersChannel,
+      NOTICE_ANSWER_MAX_BYTES,
     );
     return { state: state as DeliveryState, next: next || undefined };
   }

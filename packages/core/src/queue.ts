@@ -1,4 +1,5 @@
 import { DelayedError, type Job, type JobsOptions, type Queue } from 'bullmq';
+import type { ConversationRef } from './conversation-store.js';
 import type { InboundMessage } from './wechat/index.js';
 
 /**
@@ -25,6 +26,12 @@ export interface AnswerJobData {
   message: InboundMessage;
   /** When the first attempt reached an ingress (ms since epoch). */
   receivedAt: number;
+  /**
+   * Present when the message headed its follower's line as it was enqueued: its turn has come
+   * already, and this is the follower's conversation as of then (a `/clear` sent after the message
+   * applies to the messages after it). The worker's first run starts at once with it.
+   */
+  headOfLine?: ConversationRef;
 }
 
 /** Payload of a `push` job: send the undelivered parts of an answer, in order. */

@@ -54,8 +54,12 @@ export function createAnswerProcessor(deps: AnswerProcessorDeps) {
       await handOver(deps, job, account, stored.state, await store.lineHead(account.id, openId));
       return { parts: stored.answer.parts.length, state: stored.state };
     }
-    // The follower's conversation is read in the same round trip as the turn check.
-    const conversation = await deps.turns.acquire(job, token, () => deps.conversations.get(account.id, openId));
+    // A message that headed its follower's line when it was enqueued still heads it (nothing goes
+    // before it), and its job carries the conversation: no round trip. Otherwise the follower's
+    // conversation is read in the same round trip as the turn check. A rerun checks again.
+    const conversation = job.data.headOfLine && !ranBefore(job)
+      ? job.data.headOfLine
+      : await deps.turns.acquire(job, token, () => deps.conversations.get(account.id, openId));
 
     // In customer-service mode the follower sees "typing…" while Dify works (not while WeChat refuses it: 48001).
     const typing = account.enableCustomMessage
