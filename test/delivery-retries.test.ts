@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto';
+import { Queue } from 'bullmq';
 import { describe, expect, inject, it } from 'vitest';
 import { utf8Length } from '../packages/core/src/index.js';
 import { ATTEMPT_LUA, SETTLE_LUA } from '../packages/core/src/delivery-scripts.js';
@@ -165,6 +166,31 @@ describe("delivery across WeChat's retries (1 s window)", () => {
       expect(seen).toContain(`hmget ${prefix}:conv:wait:${openId}`);
     } finally {
       monitor.stop();
+    }
+  });
+
+  it("a retry of a message whose answer is stored does not add its job again, even once BullMQ has dropped it", async () => {
+    const openId = 'o_dropped_job';
+    const query = slowQuery('dropped job', 1100);
+    const msgId = nextMsgId();
+    const sim = fx.stack.simulator('safe', 'wait');
+    const xml = sim.messageXml(openId, { MsgType: 'text', Content: query, MsgId: msgId });
+    // WeChat's first attempt gives up (the answer takes 1.1 s); the answer is stored after it.
+    expect((await sim.attempt(xml, WINDOW)).status).toBe(503);
+    const jobId = `m~wait~${openId}~${msgId}`;
+    const prefix = fx.stack.config.queuePrefix;
+    const queue = new Queue('answer', { connection: fx.redis.duplicate({ maxRetriesPerRequest: null }), prefix });
+    try {
+      await eventually(async () => ((await queue.getJobState(jobId)) === 'completed' ? true : undefined));
+      // BullMQ's retention (an hour, at most 10,000 jobs) drops it: on a busy account within seconds.
+      await queue.remove(jobId);
+      const retry = await sim.attempt(xml, WINDOW);
+      expect(retry.reply?.Content).toBe('Echo: dropped job');
+      await new Promise((r) => setTimeout(r, 300));
+      expect(await queue.getJobState(jobId)).toBe('unknown');
+      expect(difyCalls(query)).toBe(1);
+    } finally {
+      await queue.close();
     }
   });
 

@@ -25,8 +25,8 @@ describe('DeliveryStore', () => {
     const a = await store.recordAttempt('job-a', follower, 1000);
     const b = await store.recordAttempt('job-a', follower, 6000);
     // alone in its follower's line, it heads it; the follower has no conversation yet
-    expect(a).toEqual({ attempt: 1, firstAt: 1000, state: '', headOfLine: { id: undefined, generation: '0' } });
-    expect(b).toEqual({ attempt: 2, firstAt: 1000, state: '', headOfLine: { id: undefined, generation: '0' } });
+    expect(a).toEqual({ attempt: 1, firstAt: 1000, state: '', answered: false, headOfLine: { id: undefined, generation: '0' } });
+    expect(b).toEqual({ attempt: 2, firstAt: 1000, state: '', answered: false, headOfLine: { id: undefined, generation: '0' } });
     // The message took its place in its follower's line at its first arrival, once.
     expect(await redis.zrange(store.orderKey('acc', 'o_user'), 0, -1)).toEqual(['job-a']);
   });
@@ -45,7 +45,8 @@ describe('DeliveryStore', () => {
     await store.saveAnswer('head-1', answer('one'), { ...finish, openId: 'o_head' });
     // head-1's answer is stored: head-2 heads the line now (a retry of it says so)
     expect((await store.recordAttempt('head-2', them)).headOfLine).toEqual({ id: 'conv-2', generation: '1' });
-    // a retry of an answered message takes no place in line
+    // a retry of an answered message takes no place in line, and says it is answered
+    expect(await store.recordAttempt('head-1', them)).toMatchObject({ state: '', answered: true });
     expect((await store.recordAttempt('head-1', them)).headOfLine).toBeUndefined();
   });
 

@@ -33,9 +33,10 @@ function isOver(mode: Wait['mode'], state: DeliveryState): boolean {
  * and a map of job id → waits turns that into an immediate settle. When an attempt was waiting,
  * that script granted it the answer already and the notice carries it: the attempt replies
  * without a round trip. Each wait settles through Redis, so an answer stored before the wait
- * began is seen at once, and one stored between the check and the sleep still wakes it. The safety poll looks at every waited job in one round trip
- * and wakes only the waits it finds something for: a few hundred requests waiting together used
- * to settle one by one every second, a burst of Redis calls that could land on a burst of answers.
+ * began is seen at once, and one stored between the check and the sleep still wakes it. The
+ * safety poll looks at every waited job in one round trip and wakes only the waits it finds
+ * something for: a few hundred requests waiting together used to settle one by one every second,
+ * a burst of Redis calls that could land on a burst of answers.
  */
 export class AnswerWaiter {
   readonly #subscriber: RedisClient;

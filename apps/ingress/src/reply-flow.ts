@@ -122,15 +122,17 @@ async function answerMessage(
   const follower = { account: account.id, openId: ref.openId, queued: true, allowance: pushAllowanceFor(message) };
   // Attempts before the last may be granted the answer by the worker while they wait (FINISH_LUA).
   const grantUntil = Array.from({ length: LAST_ATTEMPT - 1 }, (_, i) => attemptDeadline(deps.config, account, i + 1, arrivedAt));
-  const { attempt, firstAt, state, headOfLine } = await deps.store.recordAttempt(ref.jobId, follower, arrivedAt, grantUntil);
+  const { attempt, firstAt, state, answered, headOfLine } = await deps.store.recordAttempt(ref.jobId, follower, arrivedAt, grantUntil);
   progress.attempt = attempt;
   log.debug({ jobId: ref.jobId, attempt }, 'attempt');
   const deadline = attemptDeadline(deps.config, account, attempt, arrivedAt);
   const last = attempt >= LAST_ATTEMPT;
   const outcome = await settleAttempt(deps, ref, last ? { notAfter: replyNotAfter(deps.config, arrivedAt), progress } : undefined, deadline, {
     signal,
-    // Adding is idempotent (the job id): a retry on any replica, or after a crash, attaches to the same job.
-    onRegistered: state === '' ? () => enqueue(deps, ref.jobId, { account: account.id, message, receivedAt: firstAt, ...(headOfLine ? { headOfLine } : {}) }) : undefined,
+    // Adding is idempotent (the job id): a retry on any replica, or after a crash, attaches to the
+    // same job. A job whose answer is stored is over, and may have left BullMQ (its retention is
+    // bounded): adding it again would ask Dify again.
+    onRegistered: state === '' && !answered ? () => enqueue(deps, ref.jobId, { account: account.id, message, receivedAt: firstAt, ...(headOfLine ? { headOfLine } : {}) }) : undefined,
     fresh: attempt === 1,
   });
   return { ...outcome, attempt, firstAt };

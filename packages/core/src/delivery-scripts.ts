@@ -13,6 +13,8 @@
 // and a message sent later must not overtake one sent earlier. `first` (this replica's clock, for
 // the deadlines measured from it) is kept as it is. ms with a microsecond fraction, so a burst in
 // one millisecond still keeps its order.
+// Whether the answer is stored already: then the message's job is done (and may be gone from
+// BullMQ, whose retention is bounded), so it must not be added again.
 // A message for Dify that heads its follower's line now keeps heading it until its answer is
 // stored (a later arrival never goes before it): the reply says so, with the conversation as it
 // stands, and the job carries both, so the worker starts it without looking at the line again.
@@ -27,7 +29,8 @@ redis.call('EXPIRE', KEYS[1], ARGV[2])
 local h = redis.call('HMGET', KEYS[1], 'first', 'state', 'ord')
 local first, st = h[1], h[2] or ''
 local head, conv = 0, {}
-if ARGV[5] == '1' and st == '' and redis.call('HEXISTS', KEYS[1], 'ans') == 0 then
+local answered = redis.call('HEXISTS', KEYS[1], 'ans')
+if ARGV[5] == '1' and st == '' and answered == 0 then
   redis.call('ZADD', KEYS[2], 'NX', h[3], ARGV[3])
   redis.call('EXPIRE', KEYS[2], 86400)
   if redis.call('ZRANGE', KEYS[2], 0, 0)[1] == ARGV[3] then
@@ -43,7 +46,7 @@ if ARGV[5] == '1' and st == '' and ARGV[6 + n] then
 else
   redis.call('HDEL', KEYS[1], 'grant')
 end
-return {n, first, st, head, conv[1] or '', conv[2] or '0'}
+return {n, first, st, head, conv[1] or '', conv[2] or '0', answered}
 `;
 
 // take:    an attempt is open; take the answer if it exists.

@@ -118,7 +118,7 @@ export class DeliveryStore {
   constructor(redis: RedisClient, prefix: string) {
     this.#redis = redis;
     this.#prefix = prefix;
-    this.#attempt = defineScript<[string, string, string, string, number, number, string, number | '', string, number, ...number[]], [number, string, string, number, string, string]>(
+    this.#attempt = defineScript<[string, string, string, string, number, number, string, number | '', string, number, ...number[]], [number, string, string, number, string, string, number]>(
       redis, 'wxdAttempt', 4, ATTEMPT_LUA);
     this.#settle = defineScript<[string, string, string, string, string, string, string, number, number], [string, string, number]>(
       redis, 'wxdSettle', 3, SETTLE_LUA);
@@ -156,7 +156,8 @@ export class DeliveryStore {
 
   /**
    * Counts a WeChat attempt (the first one opens the trigger's push `allowance`); returns its number
-   * (1-based), when the first one arrived, and the state. A message for Dify (`queued`) takes its
+   * (1-based), when the first one arrived, the state, and whether the answer is stored already
+   * (its job is over: never add it again). A message for Dify (`queued`) takes its
    * place in the follower's line at its first arrival; `headOfLine` is the follower's conversation
    * when the message heads that line (its turn has come, and stays until its answer is stored).
    * `grantUntil[n - 1]`: until when (ms epoch) attempt n waits for the answer, so that the worker
@@ -167,8 +168,8 @@ export class DeliveryStore {
     follower: { account: string; openId: string; queued: boolean; allowance: PushAllowance | undefined },
     now = Date.now(),
     grantUntil: number[] = [],
-  ): Promise<{ attempt: number; firstAt: number; state: DeliveryState; headOfLine?: ConversationRef }> {
-    const [attempt, first, state, head, conversationId, generation] = await this.#attempt(
+  ): Promise<{ attempt: number; firstAt: number; state: DeliveryState; answered: boolean; headOfLine?: ConversationRef }> {
+    const [attempt, first, state, head, conversationId, generation, answered] = await this.#attempt(
       this.key(jobId),
       this.orderKey(follower.account, follower.openId),
       this.#followerKey('quota', follower.account, follower.openId),
@@ -181,7 +182,7 @@ export class DeliveryStore {
       follower.allowance?.ttlS ?? 0,
       ...grantUntil,
     );
-    const result = { attempt: Number(attempt), firstAt: Number(first), state: state as DeliveryState };
+    const result = { attempt: Number(attempt), firstAt: Number(first), state: state as DeliveryState, answered: answered === 1 };
     return head === 1 ? { ...result, headOfLine: { id: conversationId || undefined, generation } } : result;
   }
 

@@ -66,7 +66,11 @@ export interface AnswerJobResult {
   state: string;
 }
 
-/** Finished jobs are kept long enough for every WeChat retry (15 s) and a later `1` to find them by id. */
+/**
+ * Finished jobs stay an hour (at most 10,000: on a busy account only seconds) for the dashboard.
+ * Nothing depends on them staying: a retry of a message whose answer is stored never adds its job
+ * again (the attempt script tells), and the answer itself lives in the delivery state (48 h).
+ */
 export const ANSWER_JOB_OPTIONS: JobsOptions = {
   attempts: 3,
   backoff: { type: 'exponential', delay: 1000 },
