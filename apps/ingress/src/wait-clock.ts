@@ -9,19 +9,18 @@ export interface ClockEntry {
 /**
  * One timer for every request waiting in this process (issue 2: no timer loop per waiting
  * request). It wakes each entry at its own deadline, and every `pollMs` it calls `poll`, which
- * looks at Redis once for all of them in case a wake-up was missed (pub/sub is at-most-once);
- * without `poll` it wakes every entry then, and each looks for itself. The timer is armed for the
- * earliest of those moments, and only while something waits.
+ * looks at Redis once for all of them in case a wake-up was missed (pub/sub is at-most-once). The
+ * timer is armed for the earliest of those moments, and only while something waits.
  */
 export class WaitClock {
   readonly #entries = new Set<ClockEntry>();
   readonly #pollMs: number;
-  readonly #poll: (() => void) | undefined;
+  readonly #poll: () => void;
   #timer: NodeJS.Timeout | undefined;
   #fireAt = Infinity;
   #nextPoll = 0;
 
-  constructor(pollMs: number, poll?: () => void) {
+  constructor(pollMs: number, poll: () => void) {
     this.#pollMs = pollMs;
     this.#poll = poll;
   }
@@ -67,10 +66,9 @@ export class WaitClock {
     const poll = now >= this.#nextPoll;
     if (poll) this.#nextPoll = now + this.#pollMs;
     let next = this.#nextPoll;
-    const wakeEach = poll && !this.#poll;
-    if (poll) this.#poll?.();
+    if (poll) this.#poll();
     for (const entry of [...this.#entries]) {
-      if (wakeEach || entry.deadline <= now) entry.wake();
+      if (entry.deadline <= now) entry.wake();
       // Timers may fire a millisecond before Date.now() reaches the deadline: such an entry is re-armed, not lost.
       if (entry.deadline > now) next = Math.min(next, entry.deadline);
     }
