@@ -2,6 +2,15 @@
 // transition of a message's delivery state happens inside one of them, so the ingress and the
 // workers never race on it (DESIGN 2).
 
+// Redis's clock in ms, for the scripts that compare it with a deadline (one clock for every
+// replica); read only when called.
+const NOW_MS_LUA = `
+local function now()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+`;
+
 // KEYS: message hash, the follower's line (sorted set), the follower's push allowance, the
 //       follower's conversation (hash: id, gen).
 // ARGV: now, ttl, job id, allowance ('' keeps it), '1' when the message goes to Dify (takes a place in line),
@@ -69,11 +78,7 @@ export const SETTLE_LUA = `
 local h = redis.call('HMGET', KEYS[1], 'state', 'ans')
 local st, ans = h[1] or '', h[2]
 local mode = ARGV[1]
--- Redis's clock, read only when a bound or a hand-over needs it.
-local function now()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
+${NOW_MS_LUA}
 local late = ARGV[4] ~= '' and now() > tonumber(ARGV[4])
 -- The answer goes out now, its first part (index 0) with it.
 local function move(to)
@@ -174,9 +179,9 @@ redis.call('ZREM', KEYS[2], ARGV[3])
 local h = redis.call('HMGET', KEYS[1], 'state', 'first', 'grant')
 local st = h[1] or ''
 local notice = ARGV[3]
+${NOW_MS_LUA}
 if st == '' then
-  local t = h[3] and redis.call('TIME')
-  if t and tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) <= tonumber(h[3]) then
+  if h[3] and now() <= tonumber(h[3]) then
     st = 'passive'
     redis.call('HSET', KEYS[1], 'state', st, 'next', 1)
     local ans = stored == 1 and ARGV[1] or redis.call('HGET', KEYS[1], 'ans')
