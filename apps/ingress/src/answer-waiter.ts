@@ -1,4 +1,4 @@
-import { parseAnswerNotice, throttledErrorLog, type DeliveryState, type DeliveryStore, type Logger, type RedisClient, type SettleResult } from '@wxdify/core';
+import { noticeJobId, parseAnswerNotice, throttledErrorLog, type DeliveryState, type DeliveryStore, type Logger, type RedisClient, type SettleResult } from '@wxdify/core';
 import { WaitClock, type ClockEntry } from './wait-clock.js';
 
 /** Re-checks Redis this often while something waits, in case a wake-up was missed (pub/sub is at-most-once). */
@@ -54,8 +54,11 @@ export class AnswerWaiter {
     this.#clock = new WaitClock(opts.pollMs ?? SAFETY_POLL_MS, () => void this.#poll());
     this.#onPollError = throttledErrorLog(opts.logger, 'safety poll failed');
     this.#subscriber.on('message', (_channel: string, notice: string) => {
-      const { jobId, granted } = parseAnswerNotice(notice);
-      for (const wait of this.#waits.get(jobId) ?? []) {
+      // Every replica receives every notice: only one with a request waiting on it reads the answer.
+      const waits = this.#waits.get(noticeJobId(notice));
+      if (!waits) return;
+      const { granted } = parseAnswerNotice(notice);
+      for (const wait of waits) {
         // Granted in the script that stored it, as this attempt's own `take` would have done.
         if (granted && wait.mode === 'take') wait.granted = { state: 'passive', answer: granted, won: true };
         wait.wake();

@@ -81,16 +81,21 @@ export function pushAllowanceFor(message: { kind: string; event?: string }): Pus
  */
 const NOTICE_ANSWER_MAX_BYTES = 16_384;
 
+/** The job id of a message of the answers channel, without reading the answer it may carry. */
+export function noticeJobId(notice: string): string {
+  const cut = notice.indexOf('\n');
+  return cut < 0 ? notice : notice.slice(0, cut);
+}
+
 /**
  * Reads a message of the answers channel: the job id, and the answer when the worker granted it
  * to a waiting attempt (FINISH_LUA). A bare job id (also what earlier versions publish) only wakes.
  */
 export function parseAnswerNotice(notice: string): { jobId: string; granted: StoredAnswer | undefined } {
-  const cut = notice.indexOf('\n');
-  if (cut < 0) return { jobId: notice, granted: undefined };
-  const jobId = notice.slice(0, cut);
+  const jobId = noticeJobId(notice);
+  if (jobId.length === notice.length) return { jobId, granted: undefined };
   try {
-    return { jobId, granted: JSON.parse(notice.slice(cut + 1)) as StoredAnswer };
+    return { jobId, granted: JSON.parse(notice.slice(jobId.length + 1)) as StoredAnswer };
   } catch {
     return { jobId, granted: undefined }; // still a wake-up: the attempt reads the answer from Redis
   }
