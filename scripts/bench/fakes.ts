@@ -25,7 +25,7 @@ const PING_INTERVAL_MS = 1000;
 const now = () => performance.timeOrigin + performance.now();
 const send = (msg: FakesMessage) => process.send?.(msg);
 
-const dify = await startFakeDify({ mode: 'chat', answer: answerOf, chunkSize: CHUNK_CHARS, pingIntervalMs: PING_INTERVAL_MS });
+const dify = await startFakeDify({ mode: 'chat', answer: answerOf, chunkSize: CHUNK_CHARS, pingIntervalMs: PING_INTERVAL_MS, recordRequests: false });
 const wechat = await new FakeWeChat().start();
 /** When each slow answer's last event was written, by follower (Dify's `user`). */
 const finishes: Record<string, number> = {};

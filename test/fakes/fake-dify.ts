@@ -106,6 +106,11 @@ export interface FakeDifyOptions {
   speechToText?: boolean;
   /** What `/audio-to-text` answers. */
   transcript?: string | ((audio: Buffer, contentType: string) => string);
+  /**
+   * Keep every request in `requests` (default). The bench turns it off: tens of thousands of
+   * records, each with its headers and parsed body, only grow the fake's heap and its GC.
+   */
+  recordRequests?: boolean;
 }
 
 /** A file `/audio-to-text` accepted. */
@@ -190,7 +195,7 @@ export async function startFakeDify(opts: FakeDifyOptions = {}): Promise<FakeDif
     apiKey: 'app-fake-dify-key', mode: 'chat', appName: 'Fake Dify', acceptsImages: false, imageTransferMethods: ['remote_url', 'local_file'],
     pingIntervalMs: 10_000, answerDelayMs: 0, chunkSize: 4, chunkDelayMs: 0, queryVariable: 'query',
     outputVariable: 'answer', maxActiveRequests: 0, unknownConversation: 'http', hangMs: 300_000,
-    filesTtlMs: 300_000, framing: {}, speechToText: false, transcript: 'transcribed voice', ...opts,
+    filesTtlMs: 300_000, framing: {}, speechToText: false, transcript: 'transcribed voice', recordRequests: true, ...opts,
   };
   const audioUploads: AudioUpload[] = [];
   const requests: RecordedRequest[] = [];
@@ -232,15 +237,17 @@ export async function startFakeDify(opts: FakeDifyOptions = {}): Promise<FakeDif
       method: req.method ?? 'GET', path: url.pathname, url: req.url ?? '/', headers: req.headers,
       body: undefined, at: Date.now(), clientClosed: false, finished: false,
     };
-    requests.push(rec);
-    res.on('finish', () => { rec.finished = true; });
-    res.on('close', () => {
-      rec.status = res.statusCode;
-      if (!res.writableFinished) rec.clientClosed = true;
-    });
+    if (options.recordRequests) {
+      requests.push(rec);
+      res.on('finish', () => { rec.finished = true; });
+      res.on('close', () => {
+        rec.status = res.statusCode;
+        if (!res.writableFinished) rec.clientClosed = true;
+      });
+    }
     const bytes = await readBody(req);
     const raw = bytes.toString('utf8');
-    rec.body = raw.length > 0 && !isMultipart(req) ? tryJson(raw) : undefined;
+    if (options.recordRequests) rec.body = raw.length > 0 && !isMultipart(req) ? tryJson(raw) : undefined;
     try {
       await route(req, res, url, raw, rec, bytes);
     } catch (err) {
@@ -645,6 +652,9 @@ export async function startFakeDify(opts: FakeDifyOptions = {}): Promise<FakeDif
   };
 }
 
+/** Why a stream's `gone` signal aborted (the client closed the response). */
+const STREAM_GONE = 'client closed the stream';
+
 /** One SSE response: envelopes per mode, serialized writes (pings never cut a frame), framing switches. */
 class Stream implements FakeStream {
   readonly conversationId: string;
@@ -674,7 +684,8 @@ class Stream implements FakeStream {
     this.user = req.user;
     this.query = req.query;
     this.conversationId = req.conversationId;
-    res.on('close', () => this.gone.abort());
+    // a plain reason: abort() without one builds a DOMException, with its stack, per response
+    res.on('close', () => this.gone.abort(STREAM_GONE));
     closing.addEventListener('abort', () => this.destroy(), { once: true, signal: this.gone.signal });
     res.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache', 'x-accel-buffering': 'no' });
     res.flushHeaders();
