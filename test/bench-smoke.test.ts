@@ -39,6 +39,8 @@ describe('npm run bench', () => {
     expect(rate, out).not.toBeNull();
     expect(Number(rate![1])).toBeGreaterThan(0);
     expect(Number(rate![2])).toBeGreaterThan(0);
+    // the ratio of the whole run, and of each pair of rounds that ran back to back (3 by default)
+    expect(out).toMatch(/^\| fast: queue\/baseline ratio\s*\| \d+\.\d\d \(by round: \d+\.\d\d, \d+\.\d\d, \d+\.\d\d\)/m);
     expect(out).toMatch(/^\| slow: answers delivered\s*\| 3\/3 /m);
     // the slow path's CPU of the worker, the ingress, redis-server and the fakes, each measured
     expect(out).toMatch(/^\| slow: CPU ms\/message worker, ingress, redis-server, fakes\s*\| \d+\.\d\d, \d+\.\d\d, \d+\.\d\d, \d+\.\d\d /m);

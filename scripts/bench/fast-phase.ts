@@ -13,6 +13,8 @@ import { diffCommandStats, parseCommandStats } from './report.js';
 /** What one side's fast path measured (its rounds merged). */
 export interface FastMeasure {
   load: ClosedLoopResult;
+  /** Messages/s of each round, in the order they ran (round k of both sides ran back to back). */
+  roundRates: number[];
   /** CPU ms per answered message, by process name (`loadgen` is the bench itself). */
   cpuPerMsg: Map<string, number>;
   /** CPU share of one core over the window, by process name. */
@@ -96,6 +98,7 @@ export function mergeRounds(rounds: FastRound[]): FastMeasure {
   const cpu = sum((r) => r.cpuMs);
   const measure: FastMeasure = {
     load,
+    roundRates: rounds.map((r) => r.load.answered / (r.load.windowMs / 1000)),
     cpuPerMsg: perMsg(cpu),
     cpuShare: new Map([...cpu].map(([k, v]) => [k, v / load.windowMs])),
     logLinesPerMsg: perMsg(sum((r) => r.logLines)),

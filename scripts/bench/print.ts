@@ -51,10 +51,14 @@ function fastRows({ fast, baseline, paced, pacedBaseline }: BenchResults, opts: 
   const rate = (m?: FastMeasure) => (m ? m.load.answered / (m.load.windowMs / 1000) : undefined);
   const p = (l: ClosedLoopResult | undefined, q: number) => (l ? percentile(l.latencies, q) : undefined);
   const ratio = rate(fast) !== undefined && rate(baseline) ? rate(fast)! / rate(baseline)! : undefined;
+  // round k of each side ran back to back: their ratio shows how far the host drifted within the run
+  const roundRatios = fast && baseline && fast.roundRates.length === baseline.roundRates.length && fast.roundRates.length > 1
+    ? ` (by round: ${fast.roundRates.map((q, k) => fmt(q / baseline.roundRates[k]!, 2)).join(', ')})`
+    : '';
   const paceLabel = `paced ${opts.pacedRate}/s`;
   return [
     ['fast: messages/s', fmt(rate(fast), 0), fmt(rate(baseline), 0), '≥ 0.5 × baseline', verdict(ratio === undefined ? undefined : ratio >= 0.5)],
-    ['fast: queue/baseline ratio', fmt(ratio, 2), '', '', ''],
+    ['fast: queue/baseline ratio', `${fmt(ratio, 2)}${roundRatios}`, '', '', ''],
     ['fast: p50 latency (ms)', fmt(p(fast?.load, 50)), fmt(p(baseline?.load, 50)), '', ''],
     ['fast: p99 latency (ms)', fmt(p(fast?.load, 99)), fmt(p(baseline?.load, 99)), '< 50 ms', verdict(fast ? p(fast.load, 99)! < 50 : undefined)],
     ['fast: errors', String(fast?.load.errors ?? '–'), String(baseline?.load.errors ?? '–'), '0', verdict(fast ? fast.load.errors === 0 : undefined)],
