@@ -45,6 +45,8 @@ describe('npm run bench', () => {
     // the slow path's CPU of the worker, the ingress, redis-server and the fakes, each measured
     expect(out).toMatch(/^\| slow: CPU ms\/message worker, ingress, redis-server, fakes\s*\| \d+\.\d\d, \d+\.\d\d, \d+\.\d\d, \d+\.\d\d /m);
     expect(out).toMatch(/^\| cost: Redis commands\/message\s*\|\s*\d/m);
+    // how long each process of either side waited for a CPU (from the kernel's schedstat)
+    expect(out).toMatch(/^\| machine: time waiting for a CPU, ms\/message\s*\| ingress \d+\.\d\d, worker \d+\.\d\d, redis \d+\.\d\d, fakes \d+\.\d\d, loadgen \d+\.\d\d\s*\| relay \d+\.\d\d, fakes \d+\.\d\d, loadgen \d+\.\d\d/m);
     // the parts table: every part measured, the Redis ones with redis-server's share
     for (const part of ['callback decode, plain', 'HTTP exchange through Koa', 'log line', 'Dify call with got', 'SSE parsing']) {
       expect(out).toMatch(new RegExp(`^\\| ${part}[^|]*\\| \\w+\\s*\\| \\d+\\.\\d`, 'm'));

@@ -7,7 +7,7 @@ import type { Redis } from 'ioredis';
 import type { WeChatSimulator } from '../../packages/core/src/wechat/simulator.js';
 import type { BenchContext } from './context.js';
 import { mergeLoads, runClosedLoop, type ClosedLoopResult } from './load.js';
-import { cpuMs, type Child } from './processes.js';
+import { cpuMs, cpuWaitMs, type Child } from './processes.js';
 import { diffCommandStats, parseCommandStats } from './report.js';
 
 /** What one side's fast path measured (its rounds merged). */
@@ -19,6 +19,8 @@ export interface FastMeasure {
   cpuPerMsg: Map<string, number>;
   /** CPU share of one core over the window, by process name. */
   cpuShare: Map<string, number>;
+  /** Ms per answered message that each process's threads spent runnable but waiting for a CPU (where Linux tells). */
+  cpuWaitPerMsg: Map<string, number>;
   logLinesPerMsg: Map<string, number>;
   /** Redis commands per message by command, most frequent first (when `redis` was given). */
   commandsPerMsg?: Map<string, number>;
@@ -29,6 +31,8 @@ export interface FastRound {
   load: ClosedLoopResult;
   /** CPU ms by process name (`loadgen` is the bench itself). */
   cpuMs: Map<string, number>;
+  /** Ms runnable but waiting for a CPU, by process name (those Linux tells it for). */
+  cpuWaitMs: Map<string, number>;
   logLines: Map<string, number>;
   /** Redis commands by command (when `redis` was given). */
   commands?: Map<string, number>;
@@ -37,6 +41,7 @@ export interface FastRound {
 /** Counters read at the start and the end of the measuring window. */
 interface Snapshot {
   cpu: Map<string, number>;
+  wait: Map<string, number | undefined>;
   self: NodeJS.CpuUsage;
   logBytes: Map<string, number>;
   commands?: Promise<Map<string, number>>;
@@ -57,6 +62,7 @@ export async function fastRound(
 ): Promise<FastRound> {
   const snap = (): Snapshot => ({
     cpu: new Map(run.procs.map((c) => [c.name, cpuMs(c.pid)])),
+    wait: new Map([...run.procs.map((c) => [c.name, cpuWaitMs(c.pid)] as const), ['loadgen', cpuWaitMs(process.pid)]]),
     self: process.cpuUsage(),
     logBytes: new Map(run.procs.map((c) => [c.name, statSync(c.logFile).size])),
     commands: run.redis?.info('commandstats').then(parseCommandStats),
@@ -76,13 +82,18 @@ async function totals(procs: Child[], begin: Snapshot, end: Snapshot): Promise<O
   const cpu = new Map<string, number>();
   for (const c of procs) cpu.set(c.name, end.cpu.get(c.name)! - begin.cpu.get(c.name)!);
   cpu.set('loadgen', (end.self.user + end.self.system - begin.self.user - begin.self.system) / 1000);
+  const cpuWait = new Map<string, number>();
+  for (const [name, at] of end.wait) {
+    const from = begin.wait.get(name);
+    if (at !== undefined && from !== undefined) cpuWait.set(name, at - from);
+  }
   const logLines = new Map<string, number>();
   for (const c of procs) {
     if (c.name === 'redis' || c.name === 'fakes') continue;
     logLines.set(c.name, countLines(c.logFile, begin.logBytes.get(c.name)!, end.logBytes.get(c.name)!));
   }
-  if (!begin.commands || !end.commands) return { cpuMs: cpu, logLines };
-  return { cpuMs: cpu, logLines, commands: diffCommandStats(await begin.commands, await end.commands) };
+  if (!begin.commands || !end.commands) return { cpuMs: cpu, cpuWaitMs: cpuWait, logLines };
+  return { cpuMs: cpu, cpuWaitMs: cpuWait, logLines, commands: diffCommandStats(await begin.commands, await end.commands) };
 }
 
 /** One side's rounds as one measurement: counts and windows summed, latencies concatenated, costs per message of the sum. */
@@ -101,6 +112,7 @@ export function mergeRounds(rounds: FastRound[]): FastMeasure {
     roundRates: rounds.map((r) => r.load.answered / (r.load.windowMs / 1000)),
     cpuPerMsg: perMsg(cpu),
     cpuShare: new Map([...cpu].map(([k, v]) => [k, v / load.windowMs])),
+    cpuWaitPerMsg: perMsg(sum((r) => r.cpuWaitMs)),
     logLinesPerMsg: perMsg(sum((r) => r.logLines)),
   };
   if (rounds.every((r) => r.commands)) measure.commandsPerMsg = perMsg(new Map([...sum((r) => r.commands)].sort((a, b) => b[1] - a[1])));

@@ -94,6 +94,9 @@ function slowRows({ slow }: BenchResults): string[][] {
 function costRows({ fast, baseline, noise }: BenchResults): string[][] {
   const cpu = (m: FastMeasure | undefined, name: string) =>
     m?.cpuShare.has(name) ? `${fmt(m.cpuPerMsg.get(name), 2)} (${fmt(m.cpuShare.get(name)! * 100, 0)}% of a core)` : '–';
+  // runnable but not running: what sharing 2 cores among five busy processes costs each of them
+  const waits = (m: FastMeasure | undefined) =>
+    m?.cpuWaitPerMsg.size ? [...m.cpuWaitPerMsg].map(([name, ms]) => `${name} ${fmt(ms, 2)}`).join(', ') : '–';
   const commands = fast?.commandsPerMsg ? [...fast.commandsPerMsg.values()].reduce((a, b) => a + b, 0) : undefined;
   return [
     ['cost: Redis commands/message', fmt(commands), '0', '', ''],
@@ -104,6 +107,7 @@ function costRows({ fast, baseline, noise }: BenchResults): string[][] {
     ['cost: CPU ms/message load generator', cpu(fast, 'loadgen'), cpu(baseline, 'loadgen'), '', ''],
     ['cost: log lines/message ingress | relay', fmt(fast?.logLinesPerMsg.get('ingress')), fmt(baseline?.logLinesPerMsg.get('relay')), '', ''],
     ['cost: log lines/message worker', fmt(fast?.logLinesPerMsg.get('worker')), '', '', ''],
+    ['machine: time waiting for a CPU, ms/message', waits(fast), waits(baseline), '', ''],
     ['machine: CPU of other processes (% of a core)', [...noise].map(([k, v]) => `${k} ${fmt(v * 100, 0)}`).join(', '), '', '< 10%',
       noise.size === 0 ? '–' : [...noise.values()].every((v) => v < 0.1) ? 'quiet' : 'NOISY'],
   ];

@@ -1,7 +1,7 @@
 // Child processes of the benchmark: redis-server, the built ingress and worker, the relay and the
 // fakes; and what Linux tells about each of them (/proc/<pid>/stat and /status).
 import { spawn, type ChildProcess, type StdioOptions } from 'node:child_process';
-import { closeSync, openSync, readFileSync, writeFileSync } from 'node:fs';
+import { closeSync, openSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { freePort, waitForRedis } from '../../test/helpers/redis-server.js';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -22,6 +22,30 @@ export function cpuMs(pid: number): number {
   const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
   const ticks = Number(fields[11]) + Number(fields[12]);
   return (ticks * 1000) / CLOCK_TICKS;
+}
+
+/**
+ * How long the threads of a process spent runnable but waiting for a CPU so far, in ms (the second
+ * field of /proc/<pid>/task/<tid>/schedstat, summed over its live threads); undefined where the
+ * kernel does not keep it. On 2 cores shared by five busy processes this, not a process's own CPU,
+ * is where most of a message's latency goes.
+ */
+export function cpuWaitMs(pid: number): number | undefined {
+  let tids: string[];
+  try {
+    tids = readdirSync(`/proc/${pid}/task`);
+  } catch {
+    return undefined;
+  }
+  let ns = 0;
+  for (const tid of tids) {
+    try {
+      ns += Number(readFileSync(`/proc/${pid}/task/${tid}/schedstat`, 'utf8').split(' ')[1]);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') return undefined; // no schedstat here; a thread that ended counts no more
+    }
+  }
+  return Number.isFinite(ns) ? ns / 1e6 : undefined;
 }
 
 /** CPU time all processes of the machine spent so far, in ms (/proc/stat; idle and iowait excluded). */
