@@ -14,7 +14,7 @@
 // [2000 messages per part], BENCH_CPU_PROF=1
 // (--cpu-prof in the ingress, the worker and the relay; summarize with
 // scripts/bench/profile-summary.ts), BENCH_KEEP=1 (keep logs, slow.json and fast.json with every
-// latency measured).
+// latency measured, and the Redis data that scripts/bench/hops.ts splits into hops).
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';

@@ -1,14 +1,15 @@
 import { spawn } from 'node:child_process';
+import { rmSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, onTestFinished } from 'vitest';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
 
-/** Runs `npm run bench`'s script with tiny numbers; the real run takes about a minute. */
-function runBench(env: Record<string, string>): Promise<{ code: number | null; out: string }> {
+/** Runs one of the bench's scripts (`npm run bench`'s by default) as the README says. */
+function runScript(env: Record<string, string>, args = ['scripts/bench.ts']): Promise<{ code: number | null; out: string }> {
   return new Promise((resolve) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', join(ROOT, 'scripts/bench.ts')], {
+    const child = spawn(process.execPath, ['--import', 'tsx', ...args], {
       cwd: ROOT,
       env: { ...process.env, ...env },
       stdio: ['ignore', 'pipe', 'pipe'],
@@ -22,7 +23,8 @@ function runBench(env: Record<string, string>): Promise<{ code: number | null; o
 
 describe('npm run bench', () => {
   it('measures the queue and the relay and prints the table', async () => {
-    const { code, out } = await runBench({
+    // tiny numbers: the real run takes about a minute and a half
+    const { code, out } = await runScript({
       BENCH_FOLLOWERS: '2',
       BENCH_WARMUP_S: '0.3',
       BENCH_DURATION_S: '1',
@@ -32,7 +34,11 @@ describe('npm run bench', () => {
       BENCH_PACED_RATE: '20',
       BENCH_DRAIN_MAX_S: '0',
       BENCH_PARTS_N: '40',
+      BENCH_KEEP: '1',
     });
+    const kept = /^logs kept in (\S+)$/m.exec(out)?.[1];
+    expect(kept, out).toBeDefined();
+    onTestFinished(() => rmSync(kept!, { recursive: true, force: true }));
     expect(code, out).toBe(0);
     expect(out).not.toMatch(/^error:/m);
     const rate = /^\| fast: messages\/s\s*\|\s*(\d+)\s*\|\s*(\d+)/m.exec(out);
@@ -52,5 +58,15 @@ describe('npm run bench', () => {
       expect(out).toMatch(new RegExp(`^\\| ${part}[^|]*\\| \\w+\\s*\\| \\d+\\.\\d`, 'm'));
     }
     expect(out).toMatch(/^\| BullMQ job: add, fetch, complete\s*\|[^|]*\|\s*\d+\.\d\s*\|\s*\d+\.\d\s*\|\s*\d+\.\d/m);
+
+    // the kept run, hop by hop: every fast-path message of the queue found with all its timestamps
+    const fastAnswered = Number(rate![1]); // messages/s over the 1 s measured: the messages answered in it
+    const hops = await runScript({}, ['scripts/bench/hops.ts', kept!]);
+    expect(hops.code, hops.out).toBe(0);
+    const found = Number(/^(\d+) messages$/m.exec(hops.out)?.[1]);
+    expect(found, hops.out).toBeGreaterThanOrEqual(fastAnswered);
+    for (const hop of ['arrival → job added', 'job added → worker starts it', 'worker starts → answer ready', 'answer ready → reply sent']) {
+      expect(hops.out).toMatch(new RegExp(`^\\| ${hop}[^|]*\\| \\d+\\.\\d\\s*\\| \\d+\\.\\d\\s*\\| \\d+\\.\\d`, 'm'));
+    }
   }, 60_000);
 });
