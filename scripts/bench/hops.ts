@@ -2,11 +2,10 @@
 //   node --import tsx scripts/bench/hops.ts <the kept dir>
 // It starts redis-server on the run's AOF (in that dir) and reads, for each queue message of the
 // fast rounds whose job BullMQ still keeps (its last 10,000), the timestamps the run left behind:
-// the first arrival (delivery hash `first`), the job's add, start and finish (BullMQ's
-// `timestamp`, `processedOn`, `finishedOn`), the answer's `readyAt` (just before the worker stores
-// it), and the ingress's "answered" log line (time of the reply; only first attempts count).
-// BullMQ's job timestamps are the ingress's and the worker's own clock readings.
-// Every clock is the same host's Date.now(), in ms.
+// the first arrival (delivery hash `first`), the job's add and start (BullMQ's `timestamp` and
+// `processedOn`), the answer's `readyAt` (just before the worker stores it), and the ingress's
+// "answered" log line (the reply; only first attempts count). Every one is a Date.now() reading
+// of the ingress or the worker, on the same host: ms, comparable.
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Redis } from 'ioredis';

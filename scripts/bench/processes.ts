@@ -42,7 +42,9 @@ export function cpuWaitMs(pid: number): number | undefined {
     try {
       ns += Number(readFileSync(`/proc/${pid}/task/${tid}/schedstat`, 'utf8').split(' ')[1]);
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') return undefined; // no schedstat here; a thread that ended counts no more
+      // a thread that ended since the listing takes its count with it; any other error: no schedstat here
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code !== 'ENOENT' && code !== 'ESRCH') return undefined;
     }
   }
   return Number.isFinite(ns) ? ns / 1e6 : undefined;
