@@ -9,6 +9,7 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Redis } from 'ioredis';
+import { QUEUES } from '@wxdify/core';
 import { fmt, percentile, table } from './report.js';
 import { startRedis, stopChild } from './processes.js';
 
@@ -22,8 +23,8 @@ const HOPS = [
 ] as const;
 type Stamp = (typeof HOPS)[number][1 | 2];
 
-/** The fast rounds' followers (scripts/bench.ts: `oQueue<round>-<n>`). */
-const FAST_QUEUE_USER = /^m~default~oQueue\d+-/;
+/** Delivery hashes of the fast rounds' messages (scripts/bench.ts names their followers `oQueue<round>-<n>`). */
+const FAST_QUEUE_MESSAGES = '*:msg:m~default~oQueue*';
 
 export async function hops(dir: string): Promise<string> {
   const replies = replyTimes(readFileSync(join(dir, 'ingress.log'), 'utf8'));
@@ -31,14 +32,13 @@ export async function hops(dir: string): Promise<string> {
   const client = new Redis(redis.url, { maxRetriesPerRequest: 1 });
   try {
     const messages: Array<Record<Stamp, number>> = [];
-    for await (const keys of client.scanStream({ match: '*:msg:m~default~oQueue*', count: 1000 }) as AsyncIterable<string[]>) {
+    for await (const keys of client.scanStream({ match: FAST_QUEUE_MESSAGES, count: 1000 }) as AsyncIterable<string[]>) {
       await Promise.all(keys.map(async (key) => {
         const at = key.indexOf(':msg:');
         const jobId = key.slice(at + 5);
-        if (!FAST_QUEUE_USER.test(jobId)) return;
         const [[first, ans], [added, started]] = await Promise.all([
           client.hmget(key, 'first', 'ans'),
-          client.hmget(`${key.slice(0, at)}:answer:${jobId}`, 'timestamp', 'processedOn'),
+          client.hmget(`${key.slice(0, at)}:${QUEUES.answer}:${jobId}`, 'timestamp', 'processedOn'),
         ]);
         const replied = first ? replyOf(replies, jobId.slice(jobId.lastIndexOf('~') + 1), Number(first)) : undefined;
         if (!first || !ans || !added || !started || replied === undefined) return;
